@@ -1,0 +1,245 @@
+"""Typed settings for what bitnet_train itself computes: model shape, quantization, optimizer, data.
+
+Hydra composes YAML; each section is converted here, once, into a dataclass whose
+`__post_init__` checks every value. A wrong value fails before any compute with a one-line
+`ConfigError` that names the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping, TypeVar
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration or input problem; its message is one line naming the fix."""
+
+
+def _choice(section: str, key: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{section}.{key}={value!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
+
+
+def _positive(section: str, key: str, value: Any, *, allow_zero: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{section}.{key}={value!r} must be a number {bound}")
+
+
+def _fraction(section: str, key: str, value: Any) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{section}.{key}={value!r} must be a number in [0, 1]")
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the LLaMA/BitNet decoder (names follow transformers' LlamaConfig)."""
+
+    vocab_size: int | None = None
+    """Vocabulary size; None takes the tokenizer's."""
+    hidden_size: int = 256
+    intermediate_size: int = 688
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int | None = None
+    """Grouped-query attention; None means as many as attention heads."""
+    head_dim: int | None = None
+    """None means hidden_size // num_attention_heads."""
+    hidden_act: str = "relu2"
+    """Gated MLP activation: relu2 (BitNet b1.58) or silu (LLaMA, Qwen)."""
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 500000.0
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = True
+    attention_bias: bool = False
+    """Bias on q/k/v projections (Qwen2 style)."""
+    attention_out_bias: bool = False
+    """Bias on o_proj (LLaMA's attention_bias sets both)."""
+    mlp_bias: bool = False
+    qk_norm: bool = False
+    """RMSNorm on each query and key head before RoPE (Qwen3 style)."""
+    initializer_range: float = 0.02
+
+    def __post_init__(self) -> None:
+        s = "model"
+        for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                    "max_position_embeddings", "rms_norm_eps", "rope_theta", "initializer_range"):
+            _positive(s, key, getattr(self, key))
+        if self.vocab_size is not None:
+            _positive(s, "vocab_size", self.vocab_size)
+        _choice(s, "hidden_act", self.hidden_act, ("relu2", "silu"))
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        _positive(s, "num_key_value_heads", self.num_key_value_heads)
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ConfigError(
+                f"model.num_attention_heads={self.num_attention_heads} must be a multiple of "
+                f"model.num_key_value_heads={self.num_key_value_heads}")
+        if self.head_dim is None:
+            if self.hidden_size % self.num_attention_heads:
+                raise ConfigError(
+                    f"model.hidden_size={self.hidden_size} is not divisible by model.num_attention_heads="
+                    f"{self.num_attention_heads}; set model.head_dim explicitly")
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.head_dim % 2:
+            raise ConfigError(f"model.head_dim={self.head_dim} must be even for rotary embeddings")
+
+
+@dataclass
+class QuantConfig:
+    """BitNet b1.58 quantization of linear layers (SPEC section 1)."""
+
+    enabled: bool = True
+    """False trains the same model in full precision."""
+    weight_scale: str = "absmean"
+    """Per-matrix ternary scale: absmean (BitNet b1.58) or absmedian (b1.58 Reloaded)."""
+    activation_bits: int = 8
+    """Per-token absmax activation bits."""
+    norm: str = "subln"
+    """Extra RMSNorm placement: subln (before o_proj, down_proj), all_linear (before every quantized linear), none."""
+    norm_eps: float = 1e-5
+    include: list[str] = field(default_factory=lambda: ["*"])
+    """fnmatch patterns of nn.Linear module names to quantize."""
+    exclude: list[str] = field(default_factory=lambda: ["lm_head", "*embed_tokens*"])
+    """Patterns never quantized (embeddings and lm_head stay full precision by default)."""
+    weight_lambda: float = 1.0
+    """Phase-in strength for weights: 0 full precision, 1 fully quantized."""
+    activation_lambda: float = 1.0
+    """Phase-in strength for activations."""
+
+    def __post_init__(self) -> None:
+        s = "quant"
+        _choice(s, "weight_scale", self.weight_scale, ("absmean", "absmedian"))
+        _choice(s, "activation_bits", self.activation_bits, (8,))
+        _choice(s, "norm", self.norm, ("subln", "all_linear", "none"))
+        _positive(s, "norm_eps", self.norm_eps)
+        _fraction(s, "weight_lambda", self.weight_lambda)
+        _fraction(s, "activation_lambda", self.activation_lambda)
+        for key in ("include", "exclude"):
+            value = getattr(self, key)
+            if not isinstance(value, (list, tuple)) or not all(isinstance(p, str) for p in value):
+                raise ConfigError(f"quant.{key}={value!r} must be a list of module-name patterns")
+            setattr(self, key, list(value))
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and the learning-rate / weight-decay schedule (BitNet two-stage included)."""
+
+    lr: float = 1.5e-3
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    warmup_steps: int = 375
+    schedule: str = "cosine"
+    """After warmup: cosine, linear, constant, or two_stage (BitNet b1.58 2B4T: two decays with a drop between)."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of lr (cosine, linear, end of two_stage)."""
+    stage2_start: float = 0.5
+    """two_stage: fraction of the run where stage two begins (learning-rate drop, weight decay switch)."""
+    stage1_end_ratio: float = 8e-4 / 1.5e-3
+    """two_stage: stage one decays linearly from lr to lr * this (2B4T: 1.5e-3 -> 8e-4)."""
+    stage2_lr_ratio: float = 5e-4 / 1.5e-3
+    """two_stage: stage two restarts at lr * this and decays linearly to lr * min_lr_ratio (2B4T: 5e-4 -> 0)."""
+    stage2_weight_decay: float = 0.0
+    """two_stage: weight decay in stage two (2B4T: 0.1, then 0)."""
+
+    def __post_init__(self) -> None:
+        s = "optim"
+        _positive(s, "lr", self.lr)
+        _positive(s, "eps", self.eps)
+        _positive(s, "weight_decay", self.weight_decay, allow_zero=True)
+        _positive(s, "stage2_weight_decay", self.stage2_weight_decay, allow_zero=True)
+        _positive(s, "warmup_steps", self.warmup_steps, allow_zero=True)
+        _choice(s, "schedule", self.schedule, ("cosine", "linear", "constant", "two_stage"))
+        _fraction(s, "min_lr_ratio", self.min_lr_ratio)
+        _fraction(s, "stage2_start", self.stage2_start)
+        _positive(s, "stage1_end_ratio", self.stage1_end_ratio)
+        _positive(s, "stage2_lr_ratio", self.stage2_lr_ratio)
+        betas = tuple(self.betas)
+        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in betas):
+            raise ConfigError(f"optim.betas={list(self.betas)!r} must be two numbers in [0, 1)")
+        self.betas = (float(betas[0]), float(betas[1]))
+
+
+@dataclass
+class DataConfig:
+    """Where text comes from, how it is tokenized and packed into blocks."""
+
+    files: str | None = None
+    """Local .txt/.jsonl/.json/.parquet (optionally .gz) path, directory or glob; None with dataset None uses the shipped corpus."""
+    dataset: str | None = None
+    """A datasets hub name (needs network), used when files is None."""
+    dataset_config: str | None = None
+    split: str = "train"
+    streaming: bool = False
+    """Stream documents instead of downloading and tokenizing everything first (large hub datasets)."""
+    text_field: str = "text"
+    """Column holding the text in .jsonl/.parquet/hub data."""
+    sample_by: str = "paragraph"
+    """How .txt files split into documents: line, paragraph or document (whole file)."""
+    tokenizer: str | None = None
+    """A sentencepiece .model file or a transformers tokenizer folder; None uses the shipped one."""
+    seq_len: int = 256
+    batch_size: int = 8
+    """Sequences per device per micro-batch."""
+    val_fraction: float = 0.02
+    """Share of documents held out for validation (chosen by a hash of their text)."""
+    max_val_blocks: int = 128
+    """Cap on validation blocks (keeps evaluation fast)."""
+    num_workers: int = 0
+    cache_dir: str | None = None
+    """Tokenization cache; None uses datasets' default cache."""
+    seed: int = 1234
+    """Shuffling seed for training blocks."""
+
+    def __post_init__(self) -> None:
+        s = "data"
+        _choice(s, "sample_by", self.sample_by, ("line", "paragraph", "document"))
+        _positive(s, "seq_len", self.seq_len)
+        _positive(s, "batch_size", self.batch_size)
+        _positive(s, "max_val_blocks", self.max_val_blocks)
+        _positive(s, "num_workers", self.num_workers, allow_zero=True)
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction={self.val_fraction!r} must be in (0, 1)")
+        if self.files is not None and self.dataset is not None:
+            raise ConfigError("data.files and data.dataset are both set; set only one (data.dataset=null to use files)")
+
+
+T = TypeVar("T")
+
+
+def from_mapping(cls: type[T], section: str, values: Mapping[str, Any] | None) -> T:
+    """Build dataclass `cls` from a (Dict)Config section, rejecting unknown keys by name."""
+    values = dict(values or {})
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown key {section}.{unknown[0]}; allowed keys are: {', '.join(sorted(names))}")
+    for key, value in values.items():
+        if hasattr(value, "items") or (isinstance(value, (list, tuple)) and not isinstance(value, str)):
+            values[key] = _plain(value)
+    try:
+        return cls(**values)
+    except TypeError as err:  # wrong type that __post_init__ could not interpret
+        raise ConfigError(f"{section}: {err}") from None
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers to plain Python (lists and dicts)."""
+    try:
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(value):
+            return OmegaConf.to_container(value, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    return list(value) if isinstance(value, tuple) else value
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A dataclass as a plain dict (for hyperparameters and metadata)."""
+    return dataclasses.asdict(obj)

@@ -1,0 +1,1 @@
+"""LightningModules, callbacks and checkpoint IO."""

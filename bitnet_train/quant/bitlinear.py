@@ -1,0 +1,78 @@
+"""BitLinear: an nn.Linear that trains with ternary weights and 8-bit activations (BitNet b1.58).
+
+forward(x) = linear(Q_a(norm(x)), Q_w(W)) + b, where
+  norm  is the layer's own optional RMSNorm (init 1): this is how the `subln` placement (before
+        o_proj and down_proj, BitNet b1.58 2B4T / BitDistill) and the `all_linear` placement
+        ("An Extra RMSNorm is All You Need") are expressed;
+  Q_w   is the per-matrix ternary quantizer (absmean or absmedian scale) and Q_a the per-token
+        absmax quantizer, both with straight-through gradients (quant/functional.py);
+  lambdas phase each quantizer in: 0 is full precision, 1 fully quantized.
+The latent weight stays in full precision and is what the optimizer updates.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bitnet_train.quant.functional import quantize_activation, quantize_weight
+from bitnet_train.quant.norm import RMSNorm
+
+
+class BitLinear(nn.Linear):
+    """Linear layer with fake-quantized ternary weights and int8 per-token activations."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = False,
+        *,
+        weight_scale: str = "absmean",
+        activation_bits: int = 8,
+        input_norm: bool = False,
+        norm_eps: float = 1e-5,
+        weight_lambda: float = 1.0,
+        activation_lambda: float = 1.0,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.weight_scale = weight_scale
+        self.activation_bits = activation_bits
+        self.weight_lambda = float(weight_lambda)
+        self.activation_lambda = float(activation_lambda)
+        self.input_norm = RMSNorm(in_features, eps=norm_eps, device=device, dtype=dtype) if input_norm else None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, **kwargs) -> "BitLinear":
+        """A BitLinear that reuses `linear`'s weight and bias Parameters (no copy)."""
+        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                    device=linear.weight.device, dtype=linear.weight.dtype, **kwargs)
+        layer.weight = linear.weight
+        if linear.bias is not None:
+            layer.bias = linear.bias
+        return layer
+
+    def set_lambda(self, weight: float | None = None, activation: float | None = None) -> None:
+        """Set the phase-in strengths (0 = full precision, 1 = fully quantized)."""
+        if weight is not None:
+            self.weight_lambda = float(weight)
+        if activation is not None:
+            self.activation_lambda = float(activation)
+
+    def quantized_weight(self) -> torch.Tensor:
+        """The weight as the forward pass uses it (ternary times gamma at lambda 1)."""
+        return quantize_weight(self.weight, self.weight_scale, self.weight_lambda)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_norm is not None:
+            x = self.input_norm(x)
+        x = quantize_activation(x, self.activation_bits, self.activation_lambda)
+        return F.linear(x, self.quantized_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        norm = f", input_norm(eps={self.input_norm.eps})" if self.input_norm is not None else ""
+        return (f"{super().extra_repr()}, weight_scale={self.weight_scale}, a{self.activation_bits}{norm}, "
+                f"lambda(w={self.weight_lambda:g}, a={self.activation_lambda:g})")
