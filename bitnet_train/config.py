@@ -220,8 +220,8 @@ def from_mapping(cls: type[T], section: str, values: Mapping[str, Any] | None) -
         raise ConfigError(
             f"unknown key {section}.{unknown[0]}; allowed keys are: {', '.join(sorted(names))}")
     for key, value in values.items():
-        if hasattr(value, "items") or (isinstance(value, (list, tuple)) and not isinstance(value, str)):
-            values[key] = _plain(value)
+        # every value: an OmegaConf ListConfig has neither .items() nor a list/tuple type
+        values[key] = _plain(value)
     try:
         return cls(**values)
     except TypeError as err:  # wrong type that __post_init__ could not interpret
