@@ -1,0 +1,1 @@
+"""Shipped default corpus and tokenizer (see README.md here)."""
