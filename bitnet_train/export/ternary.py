@@ -32,6 +32,8 @@ class TernaryLayer:
     """int8 [out, in] in {-1, 0, 1}."""
     scale: torch.Tensor
     """fp32 [1]: the weight is codes * scale."""
+    inv_scale: torch.Tensor
+    """fp32 [1]: 1/gamma as the quantizer computed it (transformers' `bitlinear` divides by this)."""
     activation: str
     bias: torch.Tensor | None
     norm_weight: torch.Tensor | None
@@ -71,6 +73,7 @@ def ternary_layer(name: str, module: BitLinear) -> TernaryLayer:
         name=name,
         codes=codes.to(torch.int8),
         scale=scale.float(),
+        inv_scale=inv.reshape(1).float(),
         activation=activation_scheme(module, name),
         bias=None if module.bias is None else module.bias.detach().clone(),
         norm_weight=None if norm is None else norm.weight.detach().clone(),
