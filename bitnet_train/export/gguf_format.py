@@ -41,8 +41,10 @@ DENSE_TYPES = ("float32", "float16", "bfloat16")
 
 
 def _gguf():
-    import gguf
-
+    try:
+        import gguf
+    except ImportError:
+        raise ConfigError("GGUF export needs the gguf package: pip install 'bitnet_train[gguf]'") from None
     return gguf
 
 
