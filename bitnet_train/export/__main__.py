@@ -31,6 +31,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def check_out(fmt: str, out: str) -> None:
+    """Refuse an output path that does not fit the format, before any loading."""
+    from pathlib import Path
+
+    path = Path(out)
+    if fmt == "native" and path.suffix != ".safetensors":
+        raise ConfigError(f"--out {out} must end in .safetensors for --format native")
+    if fmt == "gguf" and path.suffix != ".gguf":
+        raise ConfigError(f"--out {out} must end in .gguf for --format gguf")
+    if fmt == "hf" and path.exists() and not path.is_dir():
+        raise ConfigError(f"--out {out} is a file; --format hf writes a folder")
+
+
 def export(args: argparse.Namespace) -> str:
     from rich.progress import track
 
@@ -39,6 +52,7 @@ def export(args: argparse.Namespace) -> str:
     def progress(items):
         return items if args.no_progress else track(items, description=f"packing ({args.format})", transient=True)
 
+    check_out(args.format, args.out)
     source = load_source(args.checkpoint, args.config, args.tokenizer)
     if args.format == "native":
         from bitnet_train.export.native import write_native

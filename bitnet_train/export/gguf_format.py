@@ -34,6 +34,7 @@ from bitnet_train.config import ConfigError
 from bitnet_train.export.source import Source
 from bitnet_train.export.ternary import dense_tensors, ternary_layers
 from bitnet_train.export.tokenizer_files import SP_FILE, tokenizer_kind
+from bitnet_train.quant.convert import bitlinear_modules
 
 QK = 256
 TYPES = ("tq2_0", "tq1_0")
@@ -71,8 +72,8 @@ def choose_arch(source: Source) -> str:
 
 
 def check_shapes(source: Source) -> None:
-    for name, module in source.model.named_modules():
-        if hasattr(module, "weight_lambda") and module.in_features % QK:
+    for name, module in bitlinear_modules(source.model).items():
+        if module.in_features % QK:
             raise ConfigError(f"GGUF TQ types need input dimensions that are multiples of {QK}: {name} has "
                               f"{module.in_features} (set model.hidden_size / model.intermediate_size to multiples of {QK})")
 

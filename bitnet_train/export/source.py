@@ -26,8 +26,9 @@ from typing import Any, Mapping
 import torch
 
 from bitnet_train.config import ConfigError, ModelConfig, QuantConfig, from_mapping
-from bitnet_train.data.tokenizer import Tokenizer, load_tokenizer
+from bitnet_train.data.tokenizer import SHIPPED_TOKENIZER, Tokenizer, load_tokenizer
 from bitnet_train.models.decoder import CausalLM
+from bitnet_train.paths import shipped_dir
 from bitnet_train.quant.convert import bitlinear_modules, quantize_model, set_lambda
 
 _WRAPPERS = ("_forward_module.", "module.", "_orig_mod.")
@@ -179,7 +180,4 @@ def load_source(checkpoint: str | Path, config: str | Path | None = None,
     set_lambda(model, 1.0, 1.0)
     if not bitlinear_modules(model):
         raise ConfigError(f"checkpoint {path}: no linear layer is quantized; nothing to pack")
-    from bitnet_train.paths import shipped_dir
-    from bitnet_train.data.tokenizer import SHIPPED_TOKENIZER
-
     return Source(model.eval(), model_cfg, quant_cfg, tok, tok_path or shipped_dir() / SHIPPED_TOKENIZER, path)

@@ -8,6 +8,7 @@ Triton's interpreter, TRITON_INTERPRET=1 set before the first import of the kern
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -18,6 +19,7 @@ from bitnet_train.kernels.reference import ternary_matmul_reference
 BACKENDS = ("auto", "triton", "torch")
 
 
+@functools.lru_cache(maxsize=None)
 def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 

@@ -22,6 +22,8 @@ least 16, 32 along K for int8, at most 2^20 elements per tile), because Triton's
 
 from __future__ import annotations
 
+import functools
+
 import triton
 import triton.language as tl
 import torch
@@ -121,6 +123,7 @@ def check_gemm_blocks(block_m: int, block_n: int, block_j: int) -> None:
             raise ValueError(f"{name} = {size} exceeds Triton's {MAX_TILE_ELEMENTS} elements")
 
 
+@functools.lru_cache(maxsize=None)
 def _num_sms(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
