@@ -98,3 +98,17 @@ def test_refusals(checkpoint, tmp_path, model, quant, match):
     src = load_source(checkpoint(model, quant), tokenizer=TOKENIZER)
     with pytest.raises(ConfigError, match=match):
         write_gguf(src, tmp_path / "m.gguf")
+
+
+def test_transformers_tokenizer_folder(checkpoint, tmp_path):
+    from bitnet_train.export.tokenizer_files import sentencepiece_to_transformers
+
+    sentencepiece_to_transformers(TOKENIZER).save_pretrained(tmp_path / "tok")
+    src = load_source(checkpoint(GGUF_SHAPE), tokenizer=tmp_path / "tok")
+    with pytest.warns(UserWarning, match="SiLU"):
+        path = write_gguf(src, tmp_path / "m.gguf")
+    _, _, fields = _read(path)
+    tokens = fields["tokenizer.ggml.tokens"]
+    sp = spm.SentencePieceProcessor(model_file=str(TOKENIZER))
+    assert [bytes(tokens.parts[i]).decode() for i in tokens.data] == [sp.id_to_piece(i) for i in range(4096)]
+    assert _value(fields["tokenizer.ggml.model"]) == "llama"

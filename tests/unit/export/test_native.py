@@ -127,3 +127,15 @@ def test_not_a_safetensors_file(tmp_path):
         read_native(tmp_path / "x.safetensors")
     with pytest.raises(ConfigError, match="does not exist"):
         read_native(tmp_path / "none.safetensors")
+
+
+def test_transformers_tokenizer_travels_with_the_export(checkpoint, tmp_path):
+    from bitnet_train.export.tokenizer_files import sentencepiece_to_transformers
+
+    sentencepiece_to_transformers(TOKENIZER).save_pretrained(tmp_path / "tok")
+    src = load_source(checkpoint(), tokenizer=tmp_path / "tok")
+    _, tokenizer, native = load_model(write_native(src, tmp_path / "m.safetensors"))
+    assert native.metadata["tokenizer"]["kind"] == "transformers"
+    text = ["It is a truth universally acknowledged,  that a single man"]
+    assert tokenizer.encode_batch(text) == src.tokenizer.encode_batch(text)
+    assert tokenizer.eos_id == src.tokenizer.eos_id == 2
