@@ -1,4 +1,4 @@
-"""The transformers export loads with AutoModelForCausalLM as BitNet / Llama / Qwen3 with transformers'
+"""The transformers export loads with AutoModelForCausalLM as BitNet / Llama / Qwen2 / Qwen3 with transformers'
 packed BitLinear, and training-time forward == native export forward == transformers forward."""
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ CASES = {
                              attention_out_bias=True), dict(norm="none"), "LlamaForCausalLM"),
     "llama-all_linear": (dict(), dict(norm="all_linear", norm_eps=1e-6), "LlamaForCausalLM"),
     "qwen3-all_linear": (dict(qk_norm=True), dict(norm="all_linear", norm_eps=1e-6), "Qwen3ForCausalLM"),
+    "qwen2-qkv_bias": (dict(attention_bias=True, attention_out_bias=False, hidden_act="silu"), dict(norm="none"),
+                       "Qwen2ForCausalLM"),
 }
 
 
