@@ -10,6 +10,10 @@ Module names follow transformers' LlamaForCausalLM (model.layers.N.self_attn.q_p
 checkpoints map by name (models/hf.py). The model holds plain nn.Linear layers; quantization is
 a later module swap (quant/convert.py), and BitNet's sub-layer norms (attn_sub_norm before
 o_proj, ffn_sub_norm before down_proj) are the input norms of those BitLinear layers.
+
+Generation passes a KVCache: the new tokens take positions after the cached ones, each attention
+layer appends its keys and values to the cache and attends over all of them. Without a cache
+(training, evaluation) the computation is exactly the cache-free one.
 """
 
 from __future__ import annotations
@@ -47,6 +51,49 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + rotate_half(x) * sin
 
 
+class LayerKVCache:
+    """Keys and values of one attention layer, [B, H_kv, max_length, D] buffers filled from the left.
+
+    `update` stores the new positions and returns every position seen so far; this is the one place
+    where a cache could transform (e.g. quantize) what it keeps."""
+
+    def __init__(self, max_length: int) -> None:
+        self.max_length = max_length
+        self.length = 0
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, h, s, d = k.shape
+        end = self.length + s
+        if end > self.max_length:
+            raise ValueError(f"KV cache holds {self.max_length} positions; {end} were requested")
+        if self.keys is None:
+            self.keys = k.new_empty(b, h, self.max_length, d)
+            self.values = v.new_empty(b, v.shape[1], self.max_length, v.shape[3])
+        self.keys[:, :, self.length:end] = k
+        self.values[:, :, self.length:end] = v
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+
+class KVCache:
+    """Per-layer key/value caches for incremental decoding; `length` is the number of cached positions."""
+
+    def __init__(self, num_layers: int, max_length: int) -> None:
+        self.layers = [LayerKVCache(max_length) for _ in range(num_layers)]
+        self.max_length = max_length
+
+    @property
+    def length(self) -> int:
+        return self.layers[0].length
+
+
+def _cached_causal_mask(past: int, s: int, device: torch.device) -> torch.Tensor:
+    """[S, past + S] boolean mask: new query i sees every cached position and new positions <= i."""
+    return torch.ones(s, past + s, dtype=torch.bool, device=device).tril(diagonal=past)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -62,7 +109,7 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(hd, cfg.rms_norm_eps) if cfg.qk_norm else None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+                attn_mask: torch.Tensor | None = None, cache: LayerKVCache | None = None) -> torch.Tensor:
         b, s, _ = x.shape
         q = self.q_proj(x).view(b, s, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(b, s, self.num_kv_heads, self.head_dim)
@@ -72,6 +119,13 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         gqa = self.num_kv_heads != self.num_heads
+        if cache is not None:
+            past = cache.length
+            k, v = cache.update(k, v)
+            if past > 0:  # with nothing cached, the plain causal path below is the same computation
+                mask = None if s == 1 else _cached_causal_mask(past, s, x.device)
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+                return self.o_proj(out.transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim))
         if attn_mask is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         else:
@@ -102,8 +156,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, attn_mask=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn_mask)
+    def forward(self, x, cos, sin, attn_mask=None, cache: LayerKVCache | None = None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn_mask, cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -115,13 +169,19 @@ class DecoderModel(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> torch.Tensor:
         x = self.embed_tokens(input_ids)
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
+        past = 0
+        if cache is not None:
+            if attention_mask is not None:
+                raise ValueError("a KV cache is used with unpadded batches only (attention_mask=None)")
+            past = cache.length
+        positions = torch.arange(past, past + input_ids.shape[1], device=input_ids.device)[None]
         cos, sin = self.rotary_emb(positions, x.dtype)
         attn_mask = _causal_padding_mask(attention_mask) if attention_mask is not None else None
-        for layer in self.layers:
-            x = layer(x, cos, sin, attn_mask)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, attn_mask, None if cache is None else cache.layers[i])
         return self.norm(x)
 
 
@@ -162,8 +222,13 @@ class CausalLM(nn.Module):
             elif isinstance(module, RMSNorm):
                 module.weight.fill_(1.0)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.lm_head(self.model(input_ids, attention_mask))
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> torch.Tensor:
+        return self.lm_head(self.model(input_ids, attention_mask, cache))
+
+    def new_cache(self, max_length: int) -> KVCache:
+        """An empty KV cache for generating up to `max_length` positions."""
+        return KVCache(len(self.model.layers), max_length)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         params = {id(p): p for p in self.parameters()}
