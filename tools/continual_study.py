@@ -5,7 +5,8 @@
 
 Runs (same model, data order, seed and token budget; only the quantization timeline differs):
 
-  fp16              16-bit throughout (reference, not quantized at the end)
+  fp16              16-bit throughout: the same network (sub-norms included) with lambda 0, the
+                    reference the continual runs coincide with until their switch
   b158_from_start   1.58-bit QAT from step 0
   abrupt_retain     16-bit, then an abrupt switch at --at of the run, Adam state retained
   abrupt_reset      the same switch, Adam state reset (moments and step counters zeroed)
@@ -14,8 +15,12 @@ Runs (same model, data order, seed and token budget; only the quantization timel
 Each run is `python -m bitnet_train` in its own process (outputs under --out/NAME). Afterwards the
 spike detector (bitnet_train/monitor/spikes.py) reads each run's logs/monitor.jsonl; the table
 gives the final validation perplexity (metrics.json), the largest flagged loss spike (height over
-the pre-spike baseline, its step) and the steps until 90% of it was gone again; the overlay plot
-shows loss, gradient norm and lambda of every run. This tests, at a toy scale, the two findings of
+the pre-spike baseline, its step) and the steps until 90% of it was gone again. Because a
+gradual phase-in may raise the loss without a flagged spike, the table also measures the switch
+without a threshold: the highest 5-step median loss in the 100 steps from the switch step minus
+the median of the 50 steps before it ("excess"), and the steps until the 5-step median is back at
+that pre-switch level ("back after"); for the runs without a switch the same window is measured
+as a control (trend and noise alone). The overlay plot shows loss, gradient norm and lambda. This tests, at a toy scale, the two findings of
 Nielsen et al. (arXiv 2502.11895): 16-to-1.58-bit beats 1.58-bit from the start, and a phase-in
 and a retained optimizer state shrink the spike at the switch.
 """
@@ -26,6 +31,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -44,7 +50,7 @@ SHAPE = ["model.hidden_size=128", "model.intermediate_size=344", "model.num_hidd
 def runs(at: float, ramp: int) -> dict[str, list[str]]:
     switch = [f"schedule.at={at}"]
     return {
-        "fp16": ["quant=fp"],
+        "fp16": ["quant.weight_lambda=0", "quant.activation_lambda=0"],
         "b158_from_start": [],
         "abrupt_retain": [*switch, "schedule.optimizer=retain"],
         "abrupt_reset": [*switch, "schedule.optimizer=reset"],
@@ -61,7 +67,8 @@ def train(name: str, overrides: list[str], args: argparse.Namespace) -> None:
         return
     cmd = [sys.executable, "-m", "bitnet_train", *SHAPE, f"trainer.max_steps={args.steps}",
            f"trainer.val_check_interval={args.steps}", f"callbacks.checkpoint.every_n_train_steps={args.steps}",
-           "callbacks.progress=null", "trainer.enable_model_summary=false", "trainer.log_every_n_steps=10",
+           "callbacks.progress=null", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+           "trainer.log_every_n_steps=10",
            f"seed={args.seed}", f"hydra.run.dir={out}", f"task_name={name}", *overrides]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), WANDB_MODE=os.environ.get("WANDB_MODE", "offline"))
     print(f"[{name}] {' '.join(cmd[3:])}", flush=True)
@@ -74,6 +81,16 @@ def train(name: str, overrides: list[str], args: argparse.Namespace) -> None:
     print(f"[{name}] finished in {time.perf_counter() - started:.0f} s", flush=True)
 
 
+def switch_excess(losses: list[float], switch: int, before: int = 50, after: int = 100, smooth: int = 5):
+    """(excess, back_after): the highest `smooth`-step median loss in the `after` steps from `switch` minus the
+    median of the `before` steps before it, and the steps until the smoothed loss is back at that level (None: never)."""
+    pre = statistics.median(losses[switch - before:switch])
+    medians = [statistics.median(losses[i - smooth + 1:i + 1]) for i in range(switch + smooth - 1, len(losses))]
+    excess = max(medians[:after]) - pre
+    back = next((i for i, m in enumerate(medians) if m <= pre), None)
+    return excess, None if back is None else back + smooth - 1
+
+
 def analyze(names: list[str], args: argparse.Namespace) -> list[dict]:
     settings = SpikeSettings()
     rows, histories, spikes = [], [], {}
@@ -83,27 +100,33 @@ def analyze(names: list[str], args: argparse.Namespace) -> list[dict]:
         history = load_history(out, name=name)
         found = spike_rows(history, settings)
         top = largest(found)
+        switch = history.transitions[0][0] if history.transitions else int(round(args.at * args.steps))
+        excess, back = switch_excess(history.series("train/loss")[1], switch)
         histories.append(history)
         spikes[name] = found
         rows.append({"run": name, "val_ppl": metrics["val_perplexity"], "tokens": metrics["tokens_seen"],
                      "spikes": len(found), "largest_spike_height": top.height if top else 0.0,
                      "largest_spike_step": top.step if top else None,
                      "recovery_steps": top.recovery_steps if top else None,
-                     "transition": history.transitions[0][0] if history.transitions else None})
+                     "transition": history.transitions[0][0] if history.transitions else None,
+                     "excess": excess, "back_after": back})
     plot_runs(histories, spikes, args.plot, smoothing=0.1,
               title=f"continual 16 -> 1.58-bit, {args.steps} steps, switch at {args.at} (dashed), spikes (v)")
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| run | switch at | final val ppl | spikes | largest spike height (nats) | at step | recovery steps |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| run | switch at | final val ppl | flagged spikes | largest spike height (nats) | at step | "
+             "recovery steps | excess after switch (nats) | back after (steps) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         rec = r["recovery_steps"]
         rec = "-" if r["largest_spike_step"] is None else ("not recovered" if rec is None else str(rec))
+        back = "never" if r["back_after"] is None else str(r["back_after"])
         lines.append(f"| {r['run']} | {r['transition'] if r['transition'] is not None else '-'} | "
                      f"{r['val_ppl']:.2f} | {r['spikes']} | {r['largest_spike_height']:.3f} | "
-                     f"{r['largest_spike_step'] if r['largest_spike_step'] is not None else '-'} | {rec} |")
+                     f"{r['largest_spike_step'] if r['largest_spike_step'] is not None else '-'} | {rec} | "
+                     f"{r['excess']:+.3f} | {back} |")
     return "\n".join(lines)
 
 

@@ -9,7 +9,8 @@ then the newest W&B run under wandb/), a W&B run folder, or a .jsonl / .csv / .w
 Spikes are found with the spike monitor's detector (bitnet_train/monitor/spikes.py): a robust
 z-score of the training loss against a trailing window. The table lists, per spike: the onset
 step, the peak loss, its height over the pre-spike baseline, the steps until 90% of the height is
-gone again ('-': not by the end of the run) and the mean weight / activation lambda at the onset.
+gone again in the median of 5 post-peak steps ('-': not by the end of the run) and the mean
+weight / activation lambda at the onset.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--min-history", type=int, default=20, help="steps needed before flagging (default 20)")
     parser.add_argument("--recover-fraction", type=float, default=0.9,
                         help="share of the height that must be gone to count as recovered (default 0.9)")
+    parser.add_argument("--recover-window", type=int, default=5,
+                        help="post-peak steps whose median must be back down (default 5)")
     args = parser.parse_args(argv)
     if args.label and len(args.label) != len(args.runs):
         parser.error(f"{len(args.label)} --label given for {len(args.runs)} runs; give one per run or none")
@@ -49,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         settings = SpikeSettings(window=args.window, threshold=args.threshold, min_history=args.min_history,
-                                 recover_fraction=args.recover_fraction)
+                                 recover_fraction=args.recover_fraction, recover_window=args.recover_window)
         labels = args.label or [None] * len(args.runs)
         histories = [load_history(run, name=label, kind=args.source) for run, label in zip(args.runs, labels)]
     except ConfigError as err:

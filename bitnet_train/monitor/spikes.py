@@ -10,8 +10,10 @@ few outliers, so earlier spikes do not hide later ones; the floor keeps a nearly
 turning rounding noise into spikes. A training curve that falls has z < 0, so the trend itself
 never fires. A spike *begins* when z > threshold (after `min_history` values); from then on the
 event follows the loss: its peak is the highest loss, its height is peak - baseline (the baseline
-frozen at onset), and it *recovers* at the first step where the loss is back below
-baseline + (1 - recover_fraction) * height. Flags while an event is open belong to that event. An
+frozen at onset), and it *recovers* at the first step where the median of the last
+`recover_window` losses after the peak is back below baseline + (1 - recover_fraction) * height
+(a median, so that one lucky noisy step does not end a spike; recovery is therefore at least
+`recover_window` steps after the peak). Flags while an event is open belong to that event. An
 event that has not recovered after `max_event_steps` is closed as not recovered (a lasting level
 shift), and detection starts afresh.
 
@@ -41,6 +43,8 @@ class SpikeSettings:
     """Floor of the scale, as a fraction of |baseline|."""
     recover_fraction: float = 0.9
     """Recovered once this share of the height is gone again."""
+    recover_window: int = 5
+    """Post-peak losses whose median must be back down (1: the first single step counts)."""
     max_event_steps: int = 1000
     """An event still open after this many steps closes as not recovered."""
 
@@ -57,6 +61,8 @@ class SpikeSettings:
             raise ConfigError(f"spike recover_fraction={self.recover_fraction!r} must be in (0, 1]")
         if not self.min_rel_scale >= 0:
             raise ConfigError(f"spike min_rel_scale={self.min_rel_scale!r} must be >= 0")
+        if not (isinstance(self.recover_window, int) and self.recover_window >= 1):
+            raise ConfigError(f"spike recover_window={self.recover_window!r} must be an integer >= 1")
         if not (isinstance(self.max_event_steps, int) and self.max_event_steps >= 1):
             raise ConfigError(f"spike max_event_steps={self.max_event_steps!r} must be an integer >= 1")
 
@@ -74,7 +80,8 @@ class Spike:
     peak: float
     peak_step: int
     recovered_step: int | None = None
-    """First step back below baseline + (1 - recover_fraction) * height; None if it never was."""
+    """First step at which the recent post-peak median is back below baseline + (1 - recover_fraction) * height;
+    None if it never was."""
     closed: bool = False
 
     @property
@@ -97,6 +104,7 @@ class SpikeDetector:
 
     def __post_init__(self) -> None:
         self._window: deque[float] = deque(maxlen=self.settings.window)
+        self._recent: deque[float] = deque(maxlen=self.settings.recover_window)
         self._open: Spike | None = None
 
     def score(self, value: float) -> float:
@@ -114,8 +122,9 @@ class SpikeDetector:
         events: list[tuple[str, Spike]] = []
         if not math.isfinite(value):
             self.last_z = math.inf
-            if self._open is None:  # a NaN/inf loss is the largest spike there is
-                self._open = Spike(step, math.inf, self._baseline(), value, step)
+            if self._open is None:  # a NaN/inf loss is the largest spike there is: peak and height inf
+                self._open = Spike(step, math.inf, self._baseline(), math.inf, step)
+                self._recent.clear()
                 self.spikes.append(self._open)
                 events.append(("onset", self._open))
             return events
@@ -125,13 +134,18 @@ class SpikeDetector:
         if spike is not None:
             if math.isfinite(spike.peak) and value > spike.peak:
                 spike.peak, spike.peak_step = value, step
+                self._recent.clear()
+            elif step > spike.peak_step:
+                self._recent.append(value)
             level = spike.baseline + (1.0 - self.settings.recover_fraction) * spike.height
-            if step > spike.peak_step and value <= level:
+            recent = self._recent
+            if len(recent) == recent.maxlen and statistics.median(recent) <= level:
                 spike.recovered_step = step
                 events.append(("end", self._close()))
             elif step - spike.onset >= self.settings.max_event_steps:
                 events.append(("end", self._close()))
         elif z > self.settings.threshold:
+            self._recent.clear()
             self._open = Spike(step, z, self._baseline(), value, step)
             self.spikes.append(self._open)
             events.append(("onset", self._open))

@@ -92,6 +92,7 @@ def test_finetune_experiment_needs_init_from(tmp_path, data_cache):
     (["schedule.at=500"], r"step 500 is not before the end of the run \(trainer\.max_steps=400\)"),
     (["schedule=phasein_linear", "quant.weight_lambda=0.5"], r"quant\.weight_lambda=0\.5.*leave them at 1"),
     (["schedule.weight.shape=linear"], r"schedule\.weight\.length=0"),
+    (["schedule=layerwise_bottom_up", "schedule.layers.offset=190"], r"full quantization only at step 439.*max_steps=400"),
 ])
 def test_bad_schedule(tmp_path, data_cache, args, match):
     cfg = compose_config([*SMALL, "debug=fast_dev_run", f"out_dir={tmp_path}", f"data.cache_dir={data_cache}", *args])

@@ -52,4 +52,10 @@ def build_schedule_callbacks(cfg: ScheduleConfig, model: nn.Module, total_steps:
                           "set quant.enabled=true (or schedule=none)")
     plan = PhaseInPlan.build(cfg, names, total_steps)
     check_within_run([plan.transition], total_steps)
+    if plan.end_step >= total_steps:
+        raise ConfigError(
+            f"the schedule reaches full quantization only at step {plan.end_step} (transition {plan.transition_step}, "
+            f"{max(plan.groups.values()) + 1} layer groups {cfg.layers.offset} steps apart, ramps of "
+            f"{cfg.weight.length}/{cfg.activation.length} steps), after the run ends (trainer.max_steps={total_steps}); "
+            "shorten schedule.layers.offset or the ramps, move schedule.at earlier, or train longer")
     return [PhaseInCallback(plan), TransitionCallback([plan.transition])]

@@ -59,12 +59,13 @@ def param_group(name: str) -> str:
 
 class SpikeMonitor(L.Callback):
     def __init__(self, path: str | None = None, window: int = 50, threshold: float = 6.0, min_history: int = 20,
-                 min_rel_scale: float = 0.005, recover_fraction: float = 0.9, max_event_steps: int = 1000,
+                 min_rel_scale: float = 0.005, recover_fraction: float = 0.9, recover_window: int = 5,
+                 max_event_steps: int = 1000,
                  quant_stats_every_n_steps: int = 10, group_grad_norms: bool = True) -> None:
         self.path = path
         self.settings = SpikeSettings(window=window, threshold=threshold, min_history=min_history,
                                       min_rel_scale=min_rel_scale, recover_fraction=recover_fraction,
-                                      max_event_steps=max_event_steps)
+                                      recover_window=recover_window, max_event_steps=max_event_steps)
         if not (isinstance(quant_stats_every_n_steps, int) and quant_stats_every_n_steps >= 0):
             raise ValueError(f"quant_stats_every_n_steps={quant_stats_every_n_steps!r} must be an integer >= 0 "
                              "(0 turns them off)")
@@ -99,12 +100,14 @@ class SpikeMonitor(L.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         """The detector's window and events, so that a resumed run flags exactly what an uninterrupted one does."""
-        return {"window": list(self.detector._window), "spikes": [vars(s).copy() for s in self.detector.spikes],
+        return {"window": list(self.detector._window), "recent": list(self.detector._recent),
+                "spikes": [vars(s).copy() for s in self.detector.spikes],
                 "open": self.detector.spikes.index(self.detector._open) if self.detector._open else None}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.detector = SpikeDetector(self.settings)
         self.detector._window.extend(state_dict.get("window", []))
+        self.detector._recent.extend(state_dict.get("recent", []))
         self.detector.spikes = [Spike(**s) for s in state_dict.get("spikes", [])]
         if state_dict.get("open") is not None:
             self.detector._open = self.detector.spikes[state_dict["open"]]
@@ -167,11 +170,13 @@ class SpikeMonitor(L.Callback):
         step = trainer.global_step - 1
         metrics = self._collect(trainer, pl_module, step)
         self._reset_step()
-        loss_value = metrics.pop("train/loss", math.nan)
-        events = self.detector.update(step, loss_value)
-        metrics["spike/z"] = self.detector.last_z if math.isfinite(self.detector.last_z) else 1e30
+        loss_value = metrics.pop("train/loss", None)
+        events = []
+        if loss_value is not None:  # a step whose training_step returned no loss has nothing to judge
+            events = self.detector.update(step, loss_value)
+            metrics["spike/z"] = self.detector.last_z if math.isfinite(self.detector.last_z) else 1e30
         pl_module.log_dict({k: float(v) for k, v in metrics.items()}, on_step=True, on_epoch=False)
-        record = {"step": step, "train/loss": loss_value, **metrics}
+        record = {"step": step, **({"train/loss": loss_value} if loss_value is not None else {}), **metrics}
         if step in self._transitions:
             record["transition"] = ",".join(self._transitions[step])
             for name in self._transitions[step]:
