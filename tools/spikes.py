@@ -34,6 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--plot", metavar="PNG", help="write the overlay plot here")
     parser.add_argument("--title", help="plot title")
     parser.add_argument("--smoothing", type=float, default=0.1, help="EMA weight of each new step in the plot (1 = raw)")
+    parser.add_argument("--zoom", type=int, nargs=2, metavar=("FIRST", "LAST"),
+                        help="add a panel with the loss over these steps only")
     parser.add_argument("--json", action="store_true", help="print the spikes as JSON instead of a table")
     parser.add_argument("--window", type=int, default=50, help="trailing steps of the baseline (default 50)")
     parser.add_argument("--threshold", type=float, default=6.0, help="robust z-score that starts a spike (default 6)")
@@ -71,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         from bitnet_train.monitor.plot import plot_runs
 
-        path = plot_runs(histories, rows, args.plot, smoothing=args.smoothing, title=args.title)
+        path = plot_runs(histories, rows, args.plot, smoothing=args.smoothing, title=args.title,
+                         zoom=tuple(args.zoom) if args.zoom else None)
         print(f"plot: {path}", file=sys.stderr)
     return 0
 

@@ -2,7 +2,8 @@
 
 Three panels share the step axis: training loss (each step faint, an exponential moving average
 drawn over it), global gradient norm (log scale, same smoothing) and the mean weight lambda
-(the phase-in). Each run has one colour; its transitions are dashed vertical lines in that
+(the phase-in). With `zoom=(first, last)` a fourth panel, on top, repeats the loss over those
+steps only (the transition up close). Each run has one colour; its transitions are dashed vertical lines in that
 colour, its spikes are marked at their peaks. Written with matplotlib's Agg backend (no display).
 """
 
@@ -25,15 +26,24 @@ def ema(values: list[float], alpha: float) -> list[float]:
 
 def plot_runs(histories: list[RunHistory], spikes: dict[str, list[SpikeRow]], path: str | Path, *,
               smoothing: float = 0.1, title: str | None = None, loss_ylim: tuple[float, float] | None = None,
-              dpi: int = 100) -> Path:
+              zoom: tuple[int, int] | None = None, dpi: int = 100) -> Path:
     """Write the overlay PNG to `path` and return it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_loss, ax_grad, ax_lam) = plt.subplots(3, 1, figsize=(9, 8), sharex=True,
-                                                   gridspec_kw={"height_ratios": [3, 2, 1]})
+    ax_zoom = None
+    if zoom is None:
+        fig, (ax_loss, ax_grad, ax_lam) = plt.subplots(3, 1, figsize=(9, 8), sharex=True,
+                                                       gridspec_kw={"height_ratios": [3, 2, 1]})
+    else:
+        fig = plt.figure(figsize=(9, 11))
+        grid = fig.add_gridspec(4, 1, height_ratios=[3, 3, 2, 1])
+        ax_zoom = fig.add_subplot(grid[0])
+        ax_loss = fig.add_subplot(grid[1])
+        ax_grad = fig.add_subplot(grid[2], sharex=ax_loss)
+        ax_lam = fig.add_subplot(grid[3], sharex=ax_loss)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, history in enumerate(histories):
         color = colors[i % len(colors)]
@@ -54,6 +64,22 @@ def plot_runs(histories: list[RunHistory], spikes: dict[str, list[SpikeRow]], pa
         if rows:
             ax_loss.scatter([r.peak_step for r in rows], [r.peak for r in rows], color=color, marker="v", s=40,
                             zorder=5, edgecolors="black", linewidths=0.5)
+        if ax_zoom is not None:
+            inside = [i for i, s in enumerate(steps) if zoom[0] <= s <= zoom[1]]
+            ax_zoom.plot([steps[i] for i in inside], [loss[i] for i in inside], color=color, linewidth=0.9,
+                         label=history.name)
+            for step, _name in history.transitions:
+                if zoom[0] <= step <= zoom[1]:
+                    ax_zoom.axvline(step, color=color, linestyle="--", linewidth=0.9, alpha=0.8)
+            marks = [r for r in rows if zoom[0] <= r.peak_step <= zoom[1]]
+            if marks:
+                ax_zoom.scatter([r.peak_step for r in marks], [r.peak for r in marks], color=color, marker="v",
+                                s=40, zorder=5, edgecolors="black", linewidths=0.5)
+    if ax_zoom is not None:
+        ax_zoom.set_ylabel(f"train loss, steps {zoom[0]}-{zoom[1]}\n(every step)")
+        ax_zoom.grid(alpha=0.3)
+        ax_zoom.legend(loc="upper right", fontsize=8)
+        ax_zoom.set_xlim(*zoom)
     ax_loss.set_ylabel("train loss")
     if loss_ylim is not None:
         ax_loss.set_ylim(*loss_ylim)

@@ -7,6 +7,7 @@ Each optimizer step records
                                 layers.N (decoder layer N), embed, head (an untied lm_head), other
   lambda/weight, lambda/activation, lambda/{weight,activation}/G
                                 mean phase-in strength of the quantized linears, overall and per group
+                                (and per linear, lambda/weight/<module name>, with per_module_lambdas)
   monitor/zero_frac, monitor/flip_frac
                                 share of ternary codes at 0, and of codes changed since the last
                                 record (every `quant_stats_every_n_steps` steps; quant_stats.py)
@@ -61,7 +62,8 @@ class SpikeMonitor(L.Callback):
     def __init__(self, path: str | None = None, window: int = 50, threshold: float = 6.0, min_history: int = 20,
                  min_rel_scale: float = 0.005, recover_fraction: float = 0.9, recover_window: int = 5,
                  max_event_steps: int = 1000,
-                 quant_stats_every_n_steps: int = 10, group_grad_norms: bool = True) -> None:
+                 quant_stats_every_n_steps: int = 10, group_grad_norms: bool = True,
+                 per_module_lambdas: bool = False) -> None:
         self.path = path
         self.settings = SpikeSettings(window=window, threshold=threshold, min_history=min_history,
                                       min_rel_scale=min_rel_scale, recover_fraction=recover_fraction,
@@ -71,6 +73,7 @@ class SpikeMonitor(L.Callback):
                              "(0 turns them off)")
         self.quant_stats_every_n_steps = quant_stats_every_n_steps
         self.group_grad_norms = group_grad_norms
+        self.per_module_lambdas = per_module_lambdas
         self.detector = SpikeDetector(self.settings)
         self._quant_stats = QuantStatsCallback(every_n_steps=1, per_layer=False)
         self._file: TextIO | None = None
@@ -193,7 +196,7 @@ class SpikeMonitor(L.Callback):
         out = dict(zip(keys, torch.stack([t.reshape(()).float() for t in tensors]).tolist())) if tensors else {}
         if self._lr is not None:
             out["lr"] = self._lr
-        out.update(self._lambdas(pl_module))
+        out.update(self._lambdas(pl_module, self.per_module_lambdas))
         n = self.quant_stats_every_n_steps
         if n and step % n == 0:
             stats = self._quant_stats.stats(getattr(pl_module, "model", pl_module))
@@ -203,7 +206,7 @@ class SpikeMonitor(L.Callback):
         return out
 
     @staticmethod
-    def _lambdas(pl_module: L.LightningModule) -> dict[str, float]:
+    def _lambdas(pl_module: L.LightningModule, per_module: bool = False) -> dict[str, float]:
         layers = bitlinear_modules(getattr(pl_module, "model", pl_module))
         if not layers:
             return {}
@@ -212,6 +215,8 @@ class SpikeMonitor(L.Callback):
             for kind, value in (("weight", layer.weight_lambda), ("activation", layer.activation_lambda)):
                 sums.setdefault(f"lambda/{kind}", []).append(value)
                 sums.setdefault(f"lambda/{kind}/{param_group(name)}", []).append(value)
+                if per_module:
+                    sums[f"lambda/{kind}/{name}"] = [value]
         return {key: sum(v) / len(v) for key, v in sums.items()}
 
     def _report(self, trainer: L.Trainer, kind: str, spike: Spike) -> None:

@@ -86,6 +86,25 @@ def test_param_groups():
     assert param_group("model.model.norm.weight") == "other"
 
 
+def test_per_module_lambdas():
+    from bitnet_train.config import ModelConfig, QuantConfig
+    from bitnet_train.models import CausalLM
+    from bitnet_train.quant import quantize_model
+
+    holder = nn.Module()
+    holder.model = CausalLM(ModelConfig(vocab_size=20, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                                        num_attention_heads=2))
+    quantize_model(holder.model, QuantConfig())
+    holder.model.model.layers[1].mlp.down_proj.set_lambda(0.25, 0.5)
+    grouped = SpikeMonitor._lambdas(holder)
+    assert grouped["lambda/weight/layers.1"] == pytest.approx((6 + 0.25) / 7)
+    assert not any("down_proj" in k for k in grouped)
+    detailed = SpikeMonitor._lambdas(holder, per_module=True)
+    assert detailed["lambda/weight/model.layers.1.mlp.down_proj"] == 0.25
+    assert detailed["lambda/activation/model.layers.1.mlp.down_proj"] == 0.5
+    assert detailed["lambda/weight/model.layers.0.mlp.down_proj"] == 1.0
+
+
 def test_one_record_per_optimizer_step_with_mean_loss(run):
     _, module, _, lines = run
     records = [r for r in lines if "event" not in r]

@@ -30,7 +30,7 @@ def test_table_json_and_overlay_plot(tmp_path, capsys, load_tool):
     _run(tmp_path / "abrupt" / "logs" / "monitor.jsonl", 0, 150, 150)
     _run(tmp_path / "smooth" / "logs" / "monitor.jsonl", 1, None, None)
     png = tmp_path / "overlay.png"
-    assert tool.main([str(tmp_path / "abrupt"), str(tmp_path / "smooth"), "--plot", str(png)]) == 0
+    assert tool.main([str(tmp_path / "abrupt"), str(tmp_path / "smooth"), "--plot", str(png), "--zoom", "120", "220"]) == 0
     out = capsys.readouterr().out
     assert "abrupt: 300 steps" in out and "transitions: quantize at 150" in out and "transitions: none" in out
     table = [line.split() for line in out.splitlines() if line.startswith(("abrupt ", "smooth "))]
@@ -39,9 +39,11 @@ def test_table_json_and_overlay_plot(tmp_path, capsys, load_tool):
     assert (run, step, lam_w) == ("abrupt", "150", "0.05")
     assert float(height) == pytest.approx(1.5, abs=0.2) and 15 <= int(recover) <= 35
     image = Image.open(png)
-    assert image.size == (900, 800) and png.stat().st_size < 400_000
+    assert image.size == (900, 1100) and png.stat().st_size < 400_000  # with the zoomed loss panel on top
 
-    assert tool.main([str(tmp_path / "abrupt"), "--label", "A", "--json", "--threshold", "100"]) == 0
+    assert tool.main([str(tmp_path / "abrupt"), "--label", "A", "--json", "--threshold", "100",
+                      "--plot", str(tmp_path / "one.png")]) == 0
+    assert Image.open(tmp_path / "one.png").size == (900, 800)
     (entry,) = json.loads(capsys.readouterr().out)
     assert entry["run"] == "A" and entry["spikes"] == [] and entry["transitions"] == [[150, "quantize"]]
 
