@@ -2,6 +2,7 @@
 
     python tools/continual_study.py                       # all runs, then table + plot
     python tools/continual_study.py --analyze-only        # table + plot from the finished runs
+    python tools/continual_study.py --only fp16_plain     # an extra run; the table covers every finished run
 
 Runs (same model, data order, seed and token budget; only the quantization timeline differs):
 
@@ -11,6 +12,8 @@ Runs (same model, data order, seed and token budget; only the quantization timel
   abrupt_retain     16-bit, then an abrupt switch at --at of the run, Adam state retained
   abrupt_reset      the same switch, Adam state reset (moments and step counters zeroed)
   linear_retain     16-bit, then lambda phased in linearly over --ramp steps, state retained
+  fp16_plain        (only with --only fp16_plain) 16-bit without the extra sub-norms: the cost of
+                    the BitNet sub-norm architecture itself at this scale
 
 Each run is `python -m bitnet_train` in its own process (outputs under --out/NAME). Afterwards the
 spike detector (bitnet_train/monitor/spikes.py) reads each run's logs/monitor.jsonl; the table
@@ -45,6 +48,10 @@ from bitnet_train.monitor.spikes import SpikeSettings
 # A model and batch that train a step in about a quarter of a second on one busy CPU core.
 SHAPE = ["model.hidden_size=128", "model.intermediate_size=344", "model.num_hidden_layers=4",
          "model.num_attention_heads=4", "data.seq_len=128", "data.batch_size=8", "data.max_val_blocks=64"]
+
+
+EXTRA = {"fp16_plain": ["quant=fp"]}
+"""Runs trained only when named with --only."""
 
 
 def runs(at: float, ramp: int) -> dict[str, list[str]]:
@@ -113,7 +120,8 @@ def analyze(names: list[str], args: argparse.Namespace) -> list[dict]:
                      "recovery_steps": top.recovery_steps if top else None,
                      "transition": history.transitions[0][0] if history.transitions else None, **gaps})
     switch = int(round(args.at * args.steps))
-    plot_runs(histories, spikes, args.plot, smoothing=0.1, zoom=(max(switch - 40, 0), min(switch + 160, args.steps)),
+    shown = [h for h in histories if h.name not in EXTRA]  # extras are in the table; the plot shows the switch
+    plot_runs(shown or histories, spikes, args.plot, smoothing=0.1, zoom=(max(switch - 40, 0), min(switch + 160, args.steps)),
               title=f"continual 16 -> 1.58-bit, {args.steps} steps, switch at {args.at} (dashed), spikes (v)")
     return rows
 
@@ -152,15 +160,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--analyze-only", action="store_true", help="skip training, analyze finished runs")
     parser.add_argument("--plot", default="docs/continual_study.png", help="overlay plot PNG")
     args = parser.parse_args(argv)
-    plan = runs(args.at, args.ramp)
-    names = args.only or list(plan)
+    plan = {**runs(args.at, args.ramp), **EXTRA}
+    names = args.only or list(runs(args.at, args.ramp))
     unknown = [n for n in names if n not in plan]
     if unknown:
         parser.error(f"unknown run {unknown[0]!r}; choose from {', '.join(plan)}")
     if not args.analyze_only:
         for name in names:
             train(name, plan[name], args)
-    rows = analyze(names, args)
+    finished = [n for n in plan if (Path(args.out) / n / "metrics.json").is_file()]
+    if not finished:
+        parser.error(f"no finished runs under {args.out}")
+    rows = analyze(finished, args)
     (Path(args.out) / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
     print(markdown(rows))
     fp = next((r for r in rows if r["run"] == "fp16"), None)

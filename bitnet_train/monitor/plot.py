@@ -4,11 +4,13 @@ Three panels share the step axis: training loss (each step faint, an exponential
 drawn over it), global gradient norm (log scale, same smoothing) and the mean weight lambda
 (the phase-in). With `zoom=(first, last)` a fourth panel, on top, repeats the loss over those
 steps only (the transition up close). Each run has one colour; its transitions are dashed vertical lines in that
-colour, its spikes are marked at their peaks. Written with matplotlib's Agg backend (no display).
+colour, its spikes are marked at their peaks. Written with matplotlib's Agg backend (no display),
+stored as a palette PNG (small enough to commit).
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 from bitnet_train.monitor.history import GRAD_NORM, LAMBDA_W, LOSS, RunHistory
@@ -97,6 +99,12 @@ def plot_runs(histories: list[RunHistory], spikes: dict[str, list[SpikeRow]], pa
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
     plt.close(fig)
+    # a 256-colour palette keeps the file small (plots have few colours) without visible change
+    from PIL import Image
+
+    buffer.seek(0)
+    Image.open(buffer).convert("RGB").quantize(colors=256).save(path, format="PNG", optimize=True)
     return path
