@@ -12,6 +12,10 @@ of the new stage, and `optimizer` says what happens to the optimizer state right
 
 What changes in the model at a transition is decided elsewhere, as a pure function of the step
 (schedules/phase_in.py for quantization strength), so resuming anywhere needs no extra state.
+Another switch (say 8-bit to 4-bit activations late in a run) is one more Transition: its own
+step function sets the model, and its Transition goes to a TransitionCallback (the same list or
+its own callback) that applies the optimizer policy; the spike monitor marks the transitions of
+every callback that has a `transitions` list.
 The continual-QAT paper (Nielsen et al., arXiv 2502.11895) compares retain and reset at the
 16 -> 1.58-bit switch.
 """
