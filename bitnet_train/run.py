@@ -20,6 +20,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -85,6 +86,16 @@ def resolve_init(cfg: DictConfig) -> InitSource | None:
     return read_init_source(str(cfg.init_from))
 
 
+def instantiate_checked(spec: Any) -> Any:
+    """hydra.utils.instantiate, letting a ConfigError raised by the component through as itself (one line)."""
+    try:
+        return instantiate(spec)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, ConfigError):
+            raise err.__cause__ from None
+        raise
+
+
 def write_json_atomic(obj: dict[str, Any], path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
@@ -126,7 +137,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     log.info("model: %.2fM parameters (%d linears quantized)", module.model.num_parameters() / 1e6,
              len(module.quantized_names))
 
-    callbacks = [instantiate(spec) for spec in (cfg.get("callbacks") or {}).values() if spec is not None]
+    callbacks = [instantiate_checked(spec) for spec in (cfg.get("callbacks") or {}).values() if spec is not None]
     max_steps = cfg.trainer.get("max_steps", -1)
     callbacks += build_schedule_callbacks(schedule_cfg, module.model, max_steps if max_steps and max_steps > 0 else 1)
     loggers = build_loggers(cfg.get("logger"))

@@ -93,6 +93,7 @@ def test_finetune_experiment_needs_init_from(tmp_path, data_cache):
     (["schedule=phasein_linear", "quant.weight_lambda=0.5"], r"quant\.weight_lambda=0\.5.*leave them at 1"),
     (["schedule.weight.shape=linear"], r"schedule\.weight\.length=0"),
     (["schedule=layerwise_bottom_up", "schedule.layers.offset=190"], r"full quantization only at step 439.*max_steps=400"),
+    (["callbacks.spike_monitor.threshold=0"], r"spike threshold=0 must be > 0"),
 ])
 def test_bad_schedule(tmp_path, data_cache, args, match):
     cfg = compose_config([*SMALL, "debug=fast_dev_run", f"out_dir={tmp_path}", f"data.cache_dir={data_cache}", *args])

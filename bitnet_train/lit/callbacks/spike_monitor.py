@@ -38,6 +38,7 @@ from typing import Any, TextIO
 import lightning as L
 import torch
 
+from bitnet_train.config import ConfigError
 from bitnet_train.lit.callbacks.quant_stats import QuantStatsCallback
 from bitnet_train.monitor.spikes import Spike, SpikeDetector, SpikeSettings
 from bitnet_train.quant.convert import bitlinear_modules
@@ -69,8 +70,8 @@ class SpikeMonitor(L.Callback):
                                       min_rel_scale=min_rel_scale, recover_fraction=recover_fraction,
                                       recover_window=recover_window, max_event_steps=max_event_steps)
         if not (isinstance(quant_stats_every_n_steps, int) and quant_stats_every_n_steps >= 0):
-            raise ValueError(f"quant_stats_every_n_steps={quant_stats_every_n_steps!r} must be an integer >= 0 "
-                             "(0 turns them off)")
+            raise ConfigError(f"spike monitor quant_stats_every_n_steps={quant_stats_every_n_steps!r} must be an "
+                              "integer >= 0 (0 turns them off)")
         self.quant_stats_every_n_steps = quant_stats_every_n_steps
         self.group_grad_norms = group_grad_norms
         self.per_module_lambdas = per_module_lambdas
