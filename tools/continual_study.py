@@ -121,7 +121,8 @@ def analyze(names: list[str], args: argparse.Namespace) -> list[dict]:
                      "transition": history.transitions[0][0] if history.transitions else None, **gaps})
     switch = int(round(args.at * args.steps))
     shown = [h for h in histories if h.name not in EXTRA]  # extras are in the table; the plot shows the switch
-    plot_runs(shown or histories, spikes, args.plot, smoothing=0.1, zoom=(max(switch - 40, 0), min(switch + 160, args.steps)),
+    zoom = (max(switch - 40, 0), min(switch + 160, args.steps))
+    plot_runs(shown or histories, spikes, args.plot, smoothing=0.1, zoom=zoom,
               title=f"continual 16 -> 1.58-bit, {args.steps} steps, switch at {args.at} (dashed), spikes (v)")
     return rows
 
