@@ -18,10 +18,13 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
 from bitnet_train.config import ConfigError, DataConfig, ModelConfig, OptimConfig, QuantConfig, from_mapping, to_dict
 from bitnet_train.data import CausalLMDataModule
+from bitnet_train.dist.checkpoint import check_resumable, newest_resumable, remove_requeue_checkpoints
+from bitnet_train.lit.callbacks import SlurmRequeue
 from bitnet_train.lit.checkpoint_io import AtomicCheckpointIO, load_checkpoint_file
 from bitnet_train.lit.loggers import build_loggers
 from bitnet_train.lit.pretrain import PretrainModule
@@ -40,8 +43,16 @@ def resolve_vocab(model: ModelConfig, tokenizer_vocab: int, tokenizer_name: str)
     return model
 
 
-def check_resume(ckpt_path: str, module: PretrainModule) -> None:
-    """Fail early, in one line, if the checkpoint is unreadable or holds another model."""
+def check_resume(ckpt_path: str, module: PretrainModule, strategy: Any = None) -> None:
+    """Fail early, in one line, if the checkpoint is unreadable, holds another model or needs another strategy.
+
+    "last" and "hpc" are Lightning's own names (the newest last.ckpt, Slurm's requeue checkpoint).
+    Sharded folders (FSDP2, DeepSpeed) are checked for kind here and for content when loaded.
+    """
+    if ckpt_path in ("last", "hpc"):
+        return
+    if check_resumable(ckpt_path, strategy) != "file":
+        return
     state = load_checkpoint_file(ckpt_path)["state_dict"]
     ours = module.state_dict()
     for key, tensor in ours.items():
@@ -78,17 +89,30 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                           f"{model_cfg.max_position_embeddings}; shorten data.seq_len")
 
     module = PretrainModule(to_dict(model_cfg), to_dict(quant_cfg), to_dict(optim_cfg), compile=cfg.get("compile", False))
-    if cfg.get("ckpt_path"):
-        check_resume(cfg.ckpt_path, module)
-    log.info("model: %.2fM parameters (%d linears quantized)", module.model.num_parameters() / 1e6,
-             len(module.quantized_names))
+    num_parameters = module.model.num_parameters()  # before any sharding strategy partitions them
+    log.info("model: %.2fM parameters (%d linears quantized)", num_parameters / 1e6, len(module.quantized_names))
 
     callbacks = [instantiate(spec) for spec in (cfg.get("callbacks") or {}).values() if spec is not None]
+    requeue = next((c for c in callbacks if isinstance(c, SlurmRequeue)), None)
+    plugins: list[Any] = [AtomicCheckpointIO()]
+    if requeue is not None and requeue.active():  # it replaces Lightning's SIGUSR1 handler (see its docstring)
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     trainer: L.Trainer = instantiate(cfg.trainer, logger=build_loggers(cfg.get("logger")) or False,
-                                     callbacks=callbacks, plugins=[AtomicCheckpointIO()])
+                                     callbacks=callbacks, plugins=plugins)
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path == "auto":  # requeued jobs: continue from this run folder's newest checkpoint, if any
+        ckpt_path = newest_resumable(out_dir)
+        log.info("ckpt_path=auto: %s", ckpt_path or "no checkpoint in the run folder yet, starting fresh")
+    if ckpt_path:
+        check_resume(ckpt_path, module, trainer.strategy)
     started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     train_seconds = time.perf_counter() - started
+    if requeue is not None and requeue.requeued:  # preempted: the job restarts from its checkpoint
+        log.info("requeued at step %d; the restarted job continues from its checkpoint", trainer.global_step)
+        _end_distributed()
+        return {"steps": int(trainer.global_step), "requeued": True}
+    remove_requeue_checkpoints(trainer)  # else a Slurm job would validate the requeue checkpoint's weights
     train_loss = trainer.callback_metrics.get("train/loss")
     results = trainer.validate(module, datamodule=datamodule, verbose=False)
     val_loss = float(results[0]["val/loss"]) if results else float("nan")
@@ -101,16 +125,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "val_perplexity": math.exp(val_loss) if math.isfinite(val_loss) else None,
         "val_unigram_perplexity": datamodule.unigram_perplexity(),
         "train_seconds": round(train_seconds, 2),
-        "parameters": module.model.num_parameters(),
+        "parameters": num_parameters,
         "quantized_linears": len(module.quantized_names),
         "data": datamodule.stats(),
-        "resumed_from": cfg.get("ckpt_path"),
+        "resumed_from": ckpt_path,
     }
     if trainer.is_global_zero:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(metrics, out_dir / "metrics.json")
         OmegaConf.save(cfg, out_dir / "config_resolved.yaml", resolve=True)
         log.info("metrics: %s", json.dumps({k: v for k, v in metrics.items() if k != "data"}))
+    _end_distributed()
+    return metrics
+
+
+def _end_distributed() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
-    return metrics
