@@ -97,8 +97,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     plugins: list[Any] = [AtomicCheckpointIO()]
     if requeue is not None and requeue.active():  # it replaces Lightning's SIGUSR1 handler (see its docstring)
         plugins.append(SLURMEnvironment(auto_requeue=False))
+    strategy = {"strategy": instantiate(cfg.strategy)} if cfg.get("strategy") else {}  # conf/strategy/
     trainer: L.Trainer = instantiate(cfg.trainer, logger=build_loggers(cfg.get("logger")) or False,
-                                     callbacks=callbacks, plugins=plugins)
+                                     callbacks=callbacks, plugins=plugins, **strategy)
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path == "auto":  # requeued jobs: continue from this run folder's newest checkpoint, if any
         ckpt_path = newest_resumable(out_dir)
