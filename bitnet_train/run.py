@@ -17,6 +17,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
@@ -64,6 +65,16 @@ def check_resume(ckpt_path: str, module: PretrainModule, strategy: Any = None) -
                 f"{tuple(tensor.shape)}: use the model/quant/data settings the run was started with")
 
 
+def build_strategy(spec: DictConfig) -> Any:
+    """Instantiate a conf/strategy/ option; our own setting errors surface as their one-line ConfigError."""
+    try:
+        return instantiate(spec)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, ConfigError):
+            raise err.__cause__ from None
+        raise
+
+
 def write_json_atomic(obj: dict[str, Any], path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
@@ -78,6 +89,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     optim_cfg = from_mapping(OptimConfig, "optim", cfg.optim)
     if cfg.trainer.get("max_steps", -1) in (None, -1) and not cfg.trainer.get("fast_dev_run"):
         raise ConfigError("trainer.max_steps must be set (training is step-based): e.g. trainer.max_steps=400")
+
+    strategy = {"strategy": build_strategy(cfg.strategy)} if cfg.get("strategy") else {}  # conf/strategy/
 
     L.seed_everything(cfg.seed, workers=True)
     datamodule = CausalLMDataModule(data_cfg)
@@ -97,7 +110,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     plugins: list[Any] = [AtomicCheckpointIO()]
     if requeue is not None and requeue.active():  # it replaces Lightning's SIGUSR1 handler (see its docstring)
         plugins.append(SLURMEnvironment(auto_requeue=False))
-    strategy = {"strategy": instantiate(cfg.strategy)} if cfg.get("strategy") else {}  # conf/strategy/
     trainer: L.Trainer = instantiate(cfg.trainer, logger=build_loggers(cfg.get("logger")) or False,
                                      callbacks=callbacks, plugins=plugins, **strategy)
     ckpt_path = cfg.get("ckpt_path")

@@ -5,6 +5,7 @@ For each strategy, through the CLI (`python -m bitnet_train trainer.devices=2 st
     BitNet model's losses, validation loss and logged ternary scales agree to fp tolerance
     (gradient clipping at trainer.gradient_clip_val for every strategy, DeepSpeed's included);
   - a run resumed from the strategy's own step-2 checkpoint repeats steps 3-4 exactly;
+  - ZeRO-3 with optimizer and parameter offload matches too (first steps only);
   - the final checkpoint consolidates to one Lightning checkpoint that PretrainModule loads with the
     reference's weights and logits, and (ZeRO-3's) exports to transformers' BitNetForCausalLM with
     the same logits.
@@ -13,6 +14,7 @@ For each strategy, through the CLI (`python -m bitnet_train trainer.devices=2 st
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -66,8 +68,6 @@ def _logits(module: PretrainModule) -> torch.Tensor:
 
 def _export_logits(consolidated: Path, tmp: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits of transformers' BitNetForCausalLM (online b1.58) holding the consolidated weights, and ours."""
-    import json
-
     from transformers import AutoModelForCausalLM, BitNetConfig, BitNetForCausalLM
 
     from bitnet_train.models.hf import to_hf_state_dict
@@ -92,26 +92,34 @@ def _export_logits(consolidated: Path, tmp: Path) -> tuple[torch.Tensor, torch.T
         return hf(_ids()).logits, _logits(module)
 
 
-@pytest.mark.parametrize("strategy", list(KIND))
-def test_two_processes_match_one_resume_and_consolidate(strategy, reference, tmp_path, data_cache, dynamo_disabled):
-    if strategy.startswith("deepspeed"):
-        pytest.importorskip("deepspeed", reason="DeepSpeed is in the `distributed` extra")
+def _assert_matches_reference(out: Path, reference) -> dict[int, float]:
+    """Same global batches -> same losses, scales and validation loss as one process."""
     ref_out, ref_metrics = reference
-    out = tmp_path / "run"
-    # ZeRO-3 keeps parameters under 1e5 elements whole by default: shard every one of this tiny model's
-    extra = ["strategy.param_persistence_threshold=0"] if strategy == "deepspeed_zero3" else []
-    _two_processes(strategy, out, data_cache, *extra)
-
-    # same global batches -> same losses, scales and validation loss as one process
     losses, ref_losses = _log(out, "train/loss"), _log(ref_out, "train/loss")
     assert sorted(losses) == sorted(ref_losses) == [0, 1, 2, 3]
     torch.testing.assert_close(torch.tensor(list(losses.values())), torch.tensor(list(ref_losses.values())), **TOL)
     gammas, ref_gammas = _log(out, "quant/gamma_mean"), _log(ref_out, "quant/gamma_mean")
     assert gammas and sorted(gammas) == sorted(ref_gammas)
     torch.testing.assert_close(torch.tensor(list(gammas.values())), torch.tensor(list(ref_gammas.values())), **TOL)
-    metrics = __import__("json").loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["tokens_seen"] == ref_metrics["tokens_seen"] and metrics["steps"] == 4
     assert metrics["val_loss"] == pytest.approx(ref_metrics["val_loss"], rel=2e-5)
+    return losses
+
+
+# ZeRO-3 keeps parameters under 1e5 elements whole by default: shard every one of this tiny model's
+SHARD_ALL = ["strategy.param_persistence_threshold=0"]
+
+
+@pytest.mark.parametrize("strategy", list(KIND))
+def test_two_processes_match_one_resume_and_consolidate(strategy, reference, tmp_path, data_cache, dynamo_disabled):
+    if strategy.startswith("deepspeed"):
+        pytest.importorskip("deepspeed", reason="DeepSpeed is in the `distributed` extra")
+    ref_out, _ = reference
+    out = tmp_path / "run"
+    extra = SHARD_ALL if strategy == "deepspeed_zero3" else []
+    _two_processes(strategy, out, data_cache, *extra)
+    losses = _assert_matches_reference(out, reference)
 
     # the strategy's own checkpoint resumes: steps 3 and 4 again, exactly
     mid = out / "checkpoints" / "step-000002.ckpt"
@@ -144,3 +152,15 @@ def test_two_processes_match_one_resume_and_consolidate(strategy, reference, tmp
         return
     hf_logits, our_logits = _export_logits(consolidated, tmp_path / "hf")
     torch.testing.assert_close(hf_logits, our_logits, rtol=1e-5, atol=1e-5)
+
+
+def test_zero3_with_optimizer_and_parameter_offload_matches_one_process(reference, tmp_path, data_cache):
+    pytest.importorskip("deepspeed", reason="DeepSpeed is in the `distributed` extra")
+    out = tmp_path / "run"
+    _two_processes("deepspeed_zero3", out, data_cache, *SHARD_ALL, "strategy.offload_optimizer=true",
+                   "strategy.offload_parameters=true", "trainer.max_steps=2")
+    ref_losses = _log(reference[0], "train/loss")
+    losses = _log(out, "train/loss")
+    assert sorted(losses) == [0, 1]
+    for step in losses:
+        assert losses[step] == pytest.approx(ref_losses[step], rel=2e-5, abs=2e-5)
