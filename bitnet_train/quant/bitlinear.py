@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.distributed.tensor import DTensor
 
 from bitnet_train.quant.functional import quantize_activation, quantize_weight
 from bitnet_train.quant.norm import RMSNorm
@@ -67,8 +68,21 @@ class BitLinear(nn.Linear):
             self.activation_lambda = float(activation)
 
     def quantized_weight(self) -> torch.Tensor:
-        """The weight as the forward pass uses it (ternary times gamma at lambda 1)."""
-        return quantize_weight(self.weight, self.weight_scale, self.weight_lambda)
+        """The weight as the forward pass uses it (ternary times gamma at lambda 1).
+
+        gamma is a statistic of the whole matrix. Under FSDP2 and ZeRO-3 the forward pass sees the
+        gathered weight; a sharded DTensor (outside forward) is gathered first, and a ZeRO-3
+        placeholder is refused, so a scale is never computed on a shard (SPEC section 7).
+        """
+        w = self.weight
+        if isinstance(w, DTensor):
+            w = w.full_tensor()
+        if w.shape != (self.out_features, self.in_features):
+            raise RuntimeError(
+                f"BitLinear({self.in_features}, {self.out_features}) sees a weight of shape {tuple(w.shape)}: a shard "
+                "or a ZeRO-3 placeholder. Its scale needs the whole matrix: gather it first "
+                "(bitnet_train.dist.gather.gathered, or call the layer inside the model's forward)")
+        return quantize_weight(w, self.weight_scale, self.weight_lambda)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_norm is not None and self.input_norm_active:
