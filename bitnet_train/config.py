@@ -208,6 +208,129 @@ class DataConfig:
             raise ConfigError("data.files and data.dataset are both set; set only one (data.dataset=null to use files)")
 
 
+RAMP_SHAPES = ("step", "linear", "exponential", "sigmoid", "cosine", "staircase")
+LAYER_PLANS = ("all", "bottom_up", "top_down", "explicit", "by_type")
+
+
+def _int_at_least(section: str, key: str, value: Any, low: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ConfigError(f"{section}.{key}={value!r} must be an integer >= {low}")
+
+
+@dataclass
+class RampConfig:
+    """How one quantizer's strength (lambda) rises from 0 to 1 once a layer's ramp starts (schedules/ramps.py)."""
+
+    shape: str = "step"
+    """step (abrupt), linear, exponential 1-(1-t)^k, sigmoid (rescaled to run 0 -> 1), cosine, staircase."""
+    length: int = 0
+    """Steps from the ramp's first step to lambda 1; ignored by `step`, >= 1 for every other shape."""
+    k: float = 5.0
+    """Steepness of exponential and sigmoid."""
+    stairs: int = 4
+    """staircase: lambda takes the values 1/stairs, 2/stairs, ..., 1 in equal spans of the ramp."""
+
+    def section(self, name: str) -> "RampConfig":
+        """Validate, naming errors as `name.key` (e.g. schedule.weight.length)."""
+        _choice(name, "shape", self.shape, RAMP_SHAPES)
+        _int_at_least(name, "length", self.length, 0)
+        if self.shape != "step" and self.length < 1:
+            raise ConfigError(f"{name}.length={self.length} must be >= 1 for shape {self.shape!r} "
+                              f"(or use {name}.shape=step for an abrupt switch)")
+        _positive(name, "k", self.k)
+        _int_at_least(name, "stairs", self.stairs, 1)
+        return self
+
+
+@dataclass
+class LayerPlanConfig:
+    """Which layers start their ramps when (schedules/layerwise.py): groups in order, `offset` steps apart."""
+
+    plan: str = "all"
+    """all (every layer at once), bottom_up / top_down (by decoder layer index), explicit (groups of
+    module-name patterns in `order`), by_type (groups of projection names, e.g. [[q_proj, k_proj], o_proj])."""
+    order: list = field(default_factory=list)
+    """explicit / by_type: the groups, first to last; each a pattern or a list of patterns (fnmatch).
+    by_type with an empty order uses q/k/v, o, gate/up, down (the order of the forward pass)."""
+    offset: int = 0
+    """Steps between the ramp starts of consecutive groups."""
+
+    def section(self, name: str) -> "LayerPlanConfig":
+        _choice(name, "plan", self.plan, LAYER_PLANS)
+        _int_at_least(name, "offset", self.offset, 0)
+        if not isinstance(self.order, (list, tuple)):
+            raise ConfigError(f"{name}.order={self.order!r} must be a list of groups (patterns or lists of patterns)")
+        groups = []
+        for group in self.order:
+            patterns = [group] if isinstance(group, str) else group
+            if not isinstance(patterns, (list, tuple)) or not patterns or not all(isinstance(p, str) for p in patterns):
+                raise ConfigError(f"{name}.order entry {group!r} must be a module-name pattern or a list of them")
+            groups.append(list(patterns))
+        self.order = groups
+        if self.plan == "explicit" and not self.order:
+            raise ConfigError(f"{name}.order is empty; plan=explicit needs the groups, e.g. "
+                              f"{name}.order='[model.layers.0.*,model.layers.1.*]'")
+        if self.order and self.plan not in ("explicit", "by_type"):
+            raise ConfigError(f"{name}.order is only used by plan=explicit or plan=by_type (plan={self.plan!r})")
+        return self
+
+
+@dataclass
+class ScheduleConfig:
+    """When quantization starts and how it phases in (SPEC section 3); the default quantizes from step 0.
+
+    Training is 16-bit (every lambda 0) before the transition step `at`; from it on, each layer's
+    weight and activation lambdas follow their ramps, starting at `at + group * layers.offset`.
+    """
+
+    at: int | float = 0
+    """Transition: an integer is an optimizer step (0 = quantized from the start); a number strictly
+    between 0 and 1 is a fraction of trainer.max_steps."""
+    weight: RampConfig = field(default_factory=RampConfig)
+    activation: RampConfig = field(default_factory=RampConfig)
+    layers: LayerPlanConfig = field(default_factory=LayerPlanConfig)
+    optimizer: str = "retain"
+    """Optimizer state at the transition: retain (keep Adam moments) or reset (zero moments and step counters)."""
+    norms: str = "always"
+    """The extra input norms of quant.norm (subln / all_linear): always (part of the architecture from
+    step 0, so the 16-bit stage trains the same network) or at_transition (bypassed until the layer's
+    own ramp starts, so before it the network is exactly the plain decoder, e.g. a loaded HF model)."""
+
+    def __post_init__(self) -> None:
+        s = "schedule"
+        at = self.at
+        if isinstance(at, bool) or not isinstance(at, (int, float)) or at < 0:
+            raise ConfigError(f"{s}.at={at!r} must be a step (integer >= 0) or a fraction of the run in (0, 1)")
+        if isinstance(at, float):
+            if at.is_integer() and at == 0:
+                self.at = 0
+            elif not 0.0 < at < 1.0:
+                raise ConfigError(f"{s}.at={at!r}: a fraction of the run must be in (0, 1); "
+                                  "write an integer for a step number")
+        for key, cls in (("weight", RampConfig), ("activation", RampConfig), ("layers", LayerPlanConfig)):
+            value = getattr(self, key)
+            if isinstance(value, Mapping):
+                value = from_mapping(cls, f"{s}.{key}", value)
+            if not isinstance(value, cls):
+                raise ConfigError(f"{s}.{key}={value!r} must be a mapping of {cls.__name__} keys")
+            setattr(self, key, value.section(f"{s}.{key}"))
+        _choice(s, "optimizer", self.optimizer, ("retain", "reset"))
+        _choice(s, "norms", self.norms, ("always", "at_transition"))
+
+    @property
+    def active(self) -> bool:
+        """False when the schedule changes nothing: quantized from step 0, abrupt, every layer at once."""
+        staggered = self.layers.plan != "all" and self.layers.offset > 0
+        ramps = self.weight.shape != "step" or self.activation.shape != "step"
+        return self.at != 0 or staggered or ramps
+
+    def transition_step(self, total_steps: int) -> int:
+        """The first optimizer step (0-based) that is quantized at all."""
+        if isinstance(self.at, float):
+            return int(round(self.at * total_steps))
+        return int(self.at)
+
+
 T = TypeVar("T")
 
 

@@ -1,7 +1,10 @@
 """The training run, start to end: settings, data, model, quantization, trainer, fit, metrics.
 
 Every user mistake that can be found before compute (settings, data files, tokenizer/model
-vocabulary, checkpoint to resume) is found here first and raised as a one-line ConfigError.
+vocabulary, checkpoint to resume, weights to start from, schedule) is found here first and raised
+as a one-line ConfigError. `init_from` (models/init_from.py) starts from existing 16-bit weights
+and takes the architecture from them; `schedule` (schedules/) adds the phase-in and transition
+callbacks.
 Outputs go to `out_dir` (Hydra's run folder): checkpoints/last.ckpt, logs/, metrics.json.
 """
 
@@ -20,11 +23,14 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from bitnet_train.config import ConfigError, DataConfig, ModelConfig, OptimConfig, QuantConfig, from_mapping, to_dict
+from bitnet_train.config import (ConfigError, DataConfig, ModelConfig, OptimConfig, QuantConfig, ScheduleConfig,
+                                 from_mapping, to_dict)
 from bitnet_train.data import CausalLMDataModule
+from bitnet_train.lit.callbacks.phase_in import build_schedule_callbacks
 from bitnet_train.lit.checkpoint_io import AtomicCheckpointIO, load_checkpoint_file
 from bitnet_train.lit.loggers import build_loggers
 from bitnet_train.lit.pretrain import PretrainModule
+from bitnet_train.models.init_from import InitSource, read_init_source
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +59,32 @@ def check_resume(ckpt_path: str, module: PretrainModule) -> None:
                 f"{tuple(tensor.shape)}: use the model/quant/data settings the run was started with")
 
 
+def check_schedule(schedule: ScheduleConfig, quant: QuantConfig) -> None:
+    """A schedule drives the lambdas of quantized linears: it needs quantization, and owns the lambdas."""
+    if not schedule.active:
+        return
+    if not quant.enabled:
+        raise ConfigError("a quantization schedule is set but quant.enabled=false; set quant.enabled=true "
+                          "(the schedule keeps the model in 16-bit until schedule.at) or schedule=none")
+    if quant.weight_lambda != 1.0 or quant.activation_lambda != 1.0:
+        raise ConfigError(f"quant.weight_lambda={quant.weight_lambda} / quant.activation_lambda={quant.activation_lambda} "
+                          "are fixed strengths, but the schedule sets the lambdas; leave them at 1 with a schedule")
+
+
+INIT_REQUIRED = "REQUIRED"
+"""An experiment that only makes sense from existing weights sets init_from to this; the user replaces it."""
+
+
+def resolve_init(cfg: DictConfig) -> InitSource | None:
+    """The `init_from` source, or None (init_from=REQUIRED, set by such experiments, is a ConfigError)."""
+    if not cfg.get("init_from"):
+        return None
+    if str(cfg.init_from) == INIT_REQUIRED:
+        raise ConfigError("this experiment starts from existing weights: set init_from=PATH (a bitnet_train .ckpt "
+                          "trained with quant.enabled=false, or a transformers model folder)")
+    return read_init_source(str(cfg.init_from))
+
+
 def write_json_atomic(obj: dict[str, Any], path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
@@ -65,6 +97,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model_cfg = from_mapping(ModelConfig, "model", cfg.model)
     quant_cfg = from_mapping(QuantConfig, "quant", cfg.quant)
     optim_cfg = from_mapping(OptimConfig, "optim", cfg.optim)
+    schedule_cfg = from_mapping(ScheduleConfig, "schedule", cfg.get("schedule"))
+    check_schedule(schedule_cfg, quant_cfg)
+    init = resolve_init(cfg)
+    if init is not None:
+        model_cfg = init.model
+        if data_cfg.tokenizer is None and init.tokenizer_dir is not None:
+            data_cfg.tokenizer = init.tokenizer_dir
+        log.info("init_from %s (%s): architecture and weights from it%s", init.path, init.kind,
+                 "; its tokenizer is the run's" if init.tokenizer_dir and data_cfg.tokenizer == init.tokenizer_dir else "")
     if cfg.trainer.get("max_steps", -1) in (None, -1) and not cfg.trainer.get("fast_dev_run"):
         raise ConfigError("trainer.max_steps must be set (training is step-based): e.g. trainer.max_steps=400")
 
@@ -77,14 +118,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"data.seq_len={data_cfg.seq_len} exceeds model.max_position_embeddings="
                           f"{model_cfg.max_position_embeddings}; shorten data.seq_len")
 
-    module = PretrainModule(to_dict(model_cfg), to_dict(quant_cfg), to_dict(optim_cfg), compile=cfg.get("compile", False))
-    if cfg.get("ckpt_path"):
+    resuming = bool(cfg.get("ckpt_path"))
+    module = PretrainModule(to_dict(model_cfg), to_dict(quant_cfg), to_dict(optim_cfg), compile=cfg.get("compile", False),
+                            init_state=init.state if init is not None and not resuming else None)
+    if resuming:
         check_resume(cfg.ckpt_path, module)
     log.info("model: %.2fM parameters (%d linears quantized)", module.model.num_parameters() / 1e6,
              len(module.quantized_names))
 
     callbacks = [instantiate(spec) for spec in (cfg.get("callbacks") or {}).values() if spec is not None]
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=build_loggers(cfg.get("logger")) or False,
+    max_steps = cfg.trainer.get("max_steps", -1)
+    callbacks += build_schedule_callbacks(schedule_cfg, module.model, max_steps if max_steps and max_steps > 0 else 1)
+    loggers = build_loggers(cfg.get("logger"))
+    for logger in loggers:  # beside the module's hyperparameters: for grouping runs in dashboards
+        logger.log_hyperparams({"schedule": to_dict(schedule_cfg), "init_from": init.path if init else None})
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False,
                                      callbacks=callbacks, plugins=[AtomicCheckpointIO()])
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -105,6 +153,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "quantized_linears": len(module.quantized_names),
         "data": datamodule.stats(),
         "resumed_from": cfg.get("ckpt_path"),
+        "init_from": init.path if init is not None else None,
+        "schedule": to_dict(schedule_cfg) if schedule_cfg.active else None,
     }
     if trainer.is_global_zero:
         out_dir.mkdir(parents=True, exist_ok=True)

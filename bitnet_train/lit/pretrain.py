@@ -5,6 +5,8 @@ next-token cross-entropy with AdamW: decay on matrices only (not on norms, biase
 warmup then cosine / linear / constant / BitNet two-stage learning rate, and the two-stage
 weight-decay switch (schedules/lr.py). Validation reports token-weighted loss and perplexity.
 Checkpoints also carry tokens seen and the RNG states, so a resumed run continues exactly.
+`init_state` (models/init_from.py) starts from existing weights: the plain decoder's weights are
+loaded before the quantization swap, the input norms the source has after it (new ones stay at 1).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from torchmetrics.aggregation import MeanMetric
 
 from bitnet_train.config import ModelConfig, OptimConfig, QuantConfig, from_mapping, to_dict
 from bitnet_train.models.decoder import CausalLM
+from bitnet_train.models.init_from import load_base, load_norms
 from bitnet_train.quant.convert import quantize_model
 from bitnet_train.schedules.lr import lr_multiplier, weight_decay_at
 
@@ -29,7 +32,7 @@ class PretrainModule(L.LightningModule):
     """Next-token prediction on packed blocks {"input_ids", "labels"}."""
 
     def __init__(self, model: Mapping[str, Any], quant: Mapping[str, Any], optim: Mapping[str, Any],
-                 compile: bool = False) -> None:
+                 compile: bool = False, init_state: Mapping[str, torch.Tensor] | None = None) -> None:
         super().__init__()
         self.model_cfg = from_mapping(ModelConfig, "model", model)
         self.quant_cfg = from_mapping(QuantConfig, "quant", quant)
@@ -37,7 +40,9 @@ class PretrainModule(L.LightningModule):
         self.save_hyperparameters({"model": to_dict(self.model_cfg), "quant": to_dict(self.quant_cfg),
                                    "optim": to_dict(self.optim_cfg), "compile": compile})
         self.model = CausalLM(self.model_cfg)
+        pending = load_base(self.model, dict(init_state)) if init_state is not None else {}
         self.quantized_names = quantize_model(self.model, self.quant_cfg)
+        self.new_norms = load_norms(self.model, pending) if init_state is not None else []
         if compile:
             self.model.compile()  # in place: parameter names (and checkpoints) stay the same
         self.val_loss = MeanMetric()

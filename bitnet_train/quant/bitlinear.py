@@ -6,7 +6,10 @@ forward(x) = linear(Q_a(norm(x)), Q_w(W)) + b, where
         ("An Extra RMSNorm is All You Need") are expressed;
   Q_w   is the per-matrix ternary quantizer (absmean or absmedian scale) and Q_a the per-token
         absmax quantizer, both with straight-through gradients (quant/functional.py);
-  lambdas phase each quantizer in: 0 is full precision, 1 fully quantized.
+  lambdas phase each quantizer in: 0 is full precision, 1 fully quantized; with both at 0 the
+        quantizers are skipped, so a layer before its phase-in costs what an nn.Linear costs.
+`input_norm_active = False` bypasses the input norm (schedules that add the norms at the
+transition use it: before, the layer computes exactly the nn.Linear it replaced).
 The latent weight stays in full precision and is what the optimizer updates.
 """
 
@@ -44,6 +47,7 @@ class BitLinear(nn.Linear):
         self.weight_lambda = float(weight_lambda)
         self.activation_lambda = float(activation_lambda)
         self.input_norm = RMSNorm(in_features, eps=norm_eps, device=device, dtype=dtype) if input_norm else None
+        self.input_norm_active = True
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, **kwargs) -> "BitLinear":
@@ -67,8 +71,10 @@ class BitLinear(nn.Linear):
         return quantize_weight(self.weight, self.weight_scale, self.weight_lambda)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.input_norm is not None:
+        if self.input_norm is not None and self.input_norm_active:
             x = self.input_norm(x)
+        if self.weight_lambda == 0 and self.activation_lambda == 0:
+            return F.linear(x, self.weight, self.bias)
         x = quantize_activation(x, self.activation_bits, self.activation_lambda)
         return F.linear(x, self.quantized_weight(), self.bias)
 

@@ -1,5 +1,8 @@
 """Training callbacks, one per file."""
 
+from bitnet_train.lit.callbacks.phase_in import PhaseInCallback
 from bitnet_train.lit.callbacks.quant_stats import QuantStatsCallback
+from bitnet_train.lit.callbacks.spike_monitor import SpikeMonitor
+from bitnet_train.lit.callbacks.transitions import TransitionCallback
 
-__all__ = ["QuantStatsCallback"]
+__all__ = ["PhaseInCallback", "QuantStatsCallback", "SpikeMonitor", "TransitionCallback"]
