@@ -4,7 +4,7 @@ Every user mistake that can be found before compute (settings, data files, token
 vocabulary, checkpoint to resume, weights to start from, schedule) is found here first and raised
 as a one-line ConfigError. `init_from` (models/init_from.py) starts from existing 16-bit weights
 and takes the architecture from them; `schedule` (schedules/) adds the phase-in and transition
-callbacks.
+callbacks, and quant.activation_schemes_at the 8-bit-then-low-bit activation switch (a4.8, v2).
 Outputs go to `out_dir` (Hydra's run folder): checkpoints/last.ckpt, logs/, metrics.json.
 """
 
@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from bitnet_train.config import (ConfigError, DataConfig, ModelConfig, OptimConfig, QuantConfig, ScheduleConfig,
                                  from_mapping, to_dict)
 from bitnet_train.data import CausalLMDataModule
+from bitnet_train.lit.callbacks.activation_stage import build_activation_stage_callbacks
 from bitnet_train.lit.callbacks.phase_in import build_schedule_callbacks
 from bitnet_train.lit.checkpoint_io import AtomicCheckpointIO, load_checkpoint_file
 from bitnet_train.lit.loggers import build_loggers
@@ -128,7 +129,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     callbacks = [instantiate(spec) for spec in (cfg.get("callbacks") or {}).values() if spec is not None]
     max_steps = cfg.trainer.get("max_steps", -1)
-    callbacks += build_schedule_callbacks(schedule_cfg, module.model, max_steps if max_steps and max_steps > 0 else 1)
+    total = max_steps if max_steps and max_steps > 0 else 1
+    callbacks += build_schedule_callbacks(schedule_cfg, module.model, total)
+    callbacks += build_activation_stage_callbacks(quant_cfg, module.model, total)  # a4.8 / v2: 8-bit first
     loggers = build_loggers(cfg.get("logger"))
     for logger in loggers:  # beside the module's hyperparameters: for grouping runs in dashboards
         logger.log_hyperparams({"schedule": to_dict(schedule_cfg), "init_from": init.path if init else None})
