@@ -15,7 +15,7 @@ def _orthonormal(n: int) -> torch.Tensor:
     return torch.from_numpy(hadamard(n)).double() / n ** 0.5
 
 
-@pytest.mark.parametrize("n", [1, 2, 4, 8, 64, 512, 1024])
+@pytest.mark.parametrize("n", [1, 2, 4, 8, 64, 512, 1024, 2048])
 def test_equals_the_orthonormal_matrix(n):
     x = torch.randn(3, 5, n, generator=torch.Generator().manual_seed(n), dtype=torch.float64)
     expected = x @ _orthonormal(n)  # symmetric: x H = (H x^T)^T
