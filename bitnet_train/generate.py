@@ -2,7 +2,8 @@
 
 MODEL is a native export (`python -m bitnet_train.export ... --format native`). Greedy by default;
 `--temperature T` samples, `--top-p P` restricts sampling to the nucleus. Decoding keeps a KV cache
-and runs the packed ternary layers (Triton kernel on CUDA, the torch reference on CPU).
+and runs the packed ternary layers (Triton kernel on CUDA, the torch reference on CPU); `--kv-bits 4`
+(or 3) keeps the cache in 4-bit (3-bit) codes per head and token (BitNet a4.8's low-bit KV cache).
 Mistakes end with one line on stderr (`error: ...`) and exit status 2.
 """
 
@@ -26,6 +27,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--backend", default="auto", choices=("auto", "triton", "torch"), help="ternary matmul implementation")
     p.add_argument("--bos", action="store_true", help="prepend the tokenizer's BOS token to the prompt")
+    p.add_argument("--kv-bits", type=int, default=None,
+                   help="quantize keys and values to this many bits (2-8); 0 = full precision; default: as exported")
     return p.parse_args(argv)
 
 
@@ -41,8 +44,12 @@ def run(args: argparse.Namespace) -> str:
         raise ConfigError(f"--temperature={args.temperature} must be >= 0 and --top-p={args.top_p} in (0, 1]")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {args.device}: no CUDA device is available; use --device cpu")
+    if args.kv_bits is not None and args.kv_bits != 0 and not 2 <= args.kv_bits <= 8:
+        raise ConfigError(f"--kv-bits={args.kv_bits} must be 0 (full precision) or 2..8")
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     model, tokenizer, native = load_model(args.model, args.device, dtype, args.backend)
+    if args.kv_bits is not None:
+        model.set_kv_bits(args.kv_bits or None)
     ids = tokenizer.encode_batch([args.prompt])[0]
     if args.bos and tokenizer.bos_id is not None:
         ids = [tokenizer.bos_id] + ids

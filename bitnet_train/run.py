@@ -4,7 +4,7 @@ Every user mistake that can be found before compute (settings, data files, token
 vocabulary, checkpoint to resume, weights to start from, schedule) is found here first and raised
 as a one-line ConfigError. `init_from` (models/init_from.py) starts from existing 16-bit weights
 and takes the architecture from them; `schedule` (schedules/) adds the phase-in and transition
-callbacks.
+callbacks, and quant.activation_schemes_at the 8-bit-then-low-bit activation switch (a4.8, v2).
 Outputs go to `out_dir` (Hydra's run folder): checkpoints/last.ckpt, logs/, metrics.json.
 """
 
@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from bitnet_train.config import (ConfigError, DataConfig, ModelConfig, OptimConfig, QuantConfig, ScheduleConfig,
                                  from_mapping, to_dict)
 from bitnet_train.data import CausalLMDataModule
+from bitnet_train.lit.callbacks.activation_stage import build_activation_stage_callbacks
 from bitnet_train.lit.callbacks.phase_in import build_schedule_callbacks
 from bitnet_train.dist.checkpoint import check_resumable, newest_resumable, remove_requeue_checkpoints
 from bitnet_train.lit.callbacks import SlurmRequeue
@@ -150,7 +151,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     callbacks = [instantiate_checked(spec) for spec in (cfg.get("callbacks") or {}).values() if spec is not None]
     max_steps = cfg.trainer.get("max_steps", -1)
-    callbacks += build_schedule_callbacks(schedule_cfg, module.model, max_steps if max_steps and max_steps > 0 else 1)
+    total = max_steps if max_steps and max_steps > 0 else 1
+    callbacks += build_schedule_callbacks(schedule_cfg, module.model, total)
+    callbacks += build_activation_stage_callbacks(quant_cfg, module.model, total)  # a4.8 / v2: 8-bit first
     requeue = next((c for c in callbacks if isinstance(c, SlurmRequeue)), None)
     plugins: list[Any] = [AtomicCheckpointIO()]
     if requeue is not None and requeue.active():  # it replaces Lightning's SIGUSR1 handler (see its docstring)

@@ -153,6 +153,13 @@ def write_gguf(source: Source, out: str | Path, qtype: str = "tq2_0", dense_dtyp
     if bad:
         raise ConfigError(f"layer {bad[0]} uses activation scheme {layers[bad[0]].activation}; llama.cpp quantizes "
                           "activations to 8 bits only")
+    if source.quant_cfg.kv_bits is not None:
+        warnings.warn(f"quant.kv_bits={source.quant_cfg.kv_bits}: this GGUF does not choose llama.cpp's KV cache type "
+                      "(its --cache-type-k / --cache-type-v options do)", stacklevel=2)
+    rotated = [n for n, t in layers.items() if t.hadamard_block]
+    if rotated:
+        raise ConfigError(f"layer {rotated[0]} rotates its input by a Hadamard transform (BitNet v2), which llama.cpp "
+                          "does not do; export to native instead")
     m = source.model_cfg
     if m.hidden_act == "relu2":
         warnings.warn(f"GGUF arch {arch}: llama.cpp runs this FFN as SiLU-gated, but the model uses relu^2; "

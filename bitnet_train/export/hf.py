@@ -16,6 +16,7 @@ integer product by it (and by the activation scale). Linears left in full precis
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -103,6 +104,9 @@ def hf_state_dict(source: Source, family: str, dtype: torch.dtype,
         if layer.activation != "int8_absmax":
             raise ConfigError(f"layer {name} uses activation scheme {layer.activation}; transformers' BitLinear "
                               "quantizes activations to int8 absmax only (export to native instead)")
+        if layer.hadamard_block:
+            raise ConfigError(f"layer {name} rotates its input by a Hadamard transform (BitNet v2), which transformers' "
+                              "BitLinear does not do (export to native instead)")
         state[f"{name}.weight"] = pack_hf(layer.codes)
         state[f"{name}.weight_scale"] = layer.inv_scale.to(dtype)
         if layer.bias is not None:
@@ -121,6 +125,9 @@ def write_hf(source: Source, out: str | Path, dtype: str = "float32",
     if dtype not in DTYPES:
         raise ConfigError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     family = choose_family(source)
+    if source.quant_cfg.kv_bits is not None:
+        warnings.warn(f"quant.kv_bits={source.quant_cfg.kv_bits}: transformers keeps keys and values in full precision "
+                      "(the native export keeps the low-bit KV cache)", stacklevel=2)
     layers = ternary_layers(source.model)
     bad = [n for n, t in layers.items() if t.out_features % 4]
     if bad:

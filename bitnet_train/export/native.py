@@ -10,9 +10,10 @@ Tensors
   tokenizer/<file>          uint8 bytes of the tokenizer's files
 Metadata (safetensors header): `format` = "bitnet_train.ternary", `format_version` = "1", and
 `config`, a JSON object: `model` (the decoder shape, bitnet_train.config.ModelConfig: includes the
-activation function `hidden_act`), `quant` (`norm` placement, `norm_eps`, `weight_scale` method),
-`packing`, `dense_dtype`, `layers` ({name: in/out features, `activation` scheme, bias,
-input_norm}) and `tokenizer` (`kind`: sentencepiece or transformers, `files`, special ids).
+activation function `hidden_act`), `quant` (`norm` placement, `norm_eps`, `weight_scale` method,
+`kv_bits`: key/value quantization, absent or null for none), `packing`, `dense_dtype`, `layers`
+({name: in/out features, `activation` scheme, bias, input_norm, `hadamard`: the block size of BitNet
+v2's input rotation, absent or 0 for none}) and `tokenizer` (`kind`: sentencepiece or transformers, `files`, special ids).
 
 `read_native` checks all of it and says what is wrong in one line (ConfigError).
 """
@@ -33,6 +34,7 @@ from bitnet_train.export.ternary import TernaryLayer, dense_tensors, ternary_lay
 from bitnet_train.export.tokenizer_files import native_tokenizer_files, tokenizer_from_files, tokenizer_kind
 from bitnet_train.infer.activations import is_known_scheme
 from bitnet_train.kernels.packing import k2_invalid_codes, k3_invalid_codes, pack_k2, pack_k3, repack_k3_to_k2
+from bitnet_train.quant.hadamard import is_power_of_two
 
 FORMAT = "bitnet_train.ternary"
 FORMAT_VERSION = 1
@@ -52,6 +54,7 @@ class NativeLayer:
     activation: str
     bias: torch.Tensor | None = None
     norm_weight: torch.Tensor | None = None
+    hadamard_block: int = 0
 
 
 @dataclass
@@ -90,7 +93,7 @@ def native_tensors(source: Source, packing: str = "2bit", dense_dtype: str = "fl
             tensors[f"{name}.input_norm.weight"] = layer.norm_weight.to(DTYPES[dense_dtype]).contiguous()
         layer_meta[name] = {"in_features": layer.in_features, "out_features": layer.out_features,
                             "activation": layer.activation, "bias": layer.bias is not None,
-                            "input_norm": layer.norm_weight is not None}
+                            "input_norm": layer.norm_weight is not None, "hadamard": layer.hadamard_block}
     for key, tensor in dense_tensors(source.model).items():
         tensors[key] = tensor.to(DTYPES[dense_dtype]).contiguous()
     files = native_tokenizer_files(source.tokenizer, source.tokenizer_path)
@@ -100,7 +103,7 @@ def native_tensors(source: Source, packing: str = "2bit", dense_dtype: str = "fl
     config = {
         "model": to_dict(source.model_cfg),
         "quant": {"norm": source.quant_cfg.norm, "norm_eps": source.quant_cfg.norm_eps,
-                  "weight_scale": source.quant_cfg.weight_scale},
+                  "weight_scale": source.quant_cfg.weight_scale, "kv_bits": source.quant_cfg.kv_bits},
         "packing": packing,
         "dense_dtype": dense_dtype,
         "layers": layer_meta,
@@ -204,7 +207,10 @@ def _read_layer(path: Path, tensors: dict[str, torch.Tensor], name: str, meta: d
         raise _fail(path, f"layer {name} has weight scale {scale.item()}, not a positive number")
     bias = _take(path, tensors, f"{name}.bias", None, (n,)) if meta.get("bias") else None
     norm = _take(path, tensors, f"{name}.input_norm.weight", None, (k,)) if meta.get("input_norm") else None
-    return NativeLayer(k, n, packed, scale, activation, bias, norm)
+    block = meta.get("hadamard") or 0
+    if block and not (isinstance(block, int) and block >= 2 and is_power_of_two(block) and k % block == 0):
+        raise _fail(path, f"layer {name} has Hadamard block {block!r}, not a power of two dividing its input size {k}")
+    return NativeLayer(k, n, packed, scale, activation, bias, norm, block)
 
 
 def read_native(path: str | Path) -> NativeModel:

@@ -8,6 +8,7 @@ weight the model trained with bit for bit. `ternary_layers` checks this for ever
 The activation scheme of a projection is read from the layer: BitLinear's `activation_bits=8` is
 `int8_absmax` (b1.58). A layer that declares `activation_scheme` (a string the runtime knows,
 infer/activations.py: `int4_absmean`, `int8_absmax_top50` for BitNet a4.8) exports that instead.
+A BitNet v2 H-BitLinear also records its Hadamard block size (`hadamard_block`, 0 for none).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class TernaryLayer:
     bias: torch.Tensor | None
     norm_weight: torch.Tensor | None
     norm_eps: float | None
+    hadamard_block: int = 0
+    """BitNet v2: the input is rotated by the Hadamard transform with this block size (0: not rotated)."""
 
     @property
     def out_features(self) -> int:
@@ -78,6 +81,7 @@ def ternary_layer(name: str, module: BitLinear) -> TernaryLayer:
         bias=None if module.bias is None else module.bias.detach().clone(),
         norm_weight=None if norm is None else norm.weight.detach().clone(),
         norm_eps=None if norm is None else float(norm.eps),
+        hadamard_block=int(getattr(module, "hadamard_block", 0)),
     )
 
 

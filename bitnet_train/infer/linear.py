@@ -1,8 +1,9 @@
 """TernaryLinear: the inference-time BitLinear, with packed 2-bit weights and integer matmul.
 
-forward(x) = ternary_matmul(Q_a(norm(x)), W_packed) * scales + bias: the optional input RMSNorm
-(sub-norm / all-linear placement), per-token activation quantization under the layer's scheme
-(infer/activations.py), then the W2A8 matmul from bitnet_train.kernels (Triton on CUDA, the torch
+forward(x) = ternary_matmul(Q_a(H(norm(x))), W_packed) * scales + bias: the optional input RMSNorm
+(sub-norm / all-linear placement), BitNet v2's Hadamard rotation where the layer has one
+(quant/hadamard.py, the same transform as training), per-token activation quantization under the
+layer's scheme (infer/activations.py), then the W2A8 matmul from bitnet_train.kernels (Triton on CUDA, the torch
 reference elsewhere). On the torch path the unpacked int8 weight is kept after first use (one byte
 per weight) so that decoding does not unpack every step.
 """
@@ -16,13 +17,14 @@ from bitnet_train.infer.activations import quantize_activation
 from bitnet_train.kernels.dispatch import resolve_backend, ternary_matmul
 from bitnet_train.kernels.packing import unpack_k2
 from bitnet_train.kernels.reference import epilogue, int_matmul
+from bitnet_train.quant.hadamard import hadamard_transform
 from bitnet_train.quant.norm import RMSNorm
 
 
 class TernaryLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, packed: torch.Tensor, weight_scale: torch.Tensor,
                  bias: torch.Tensor | None = None, input_norm: RMSNorm | None = None,
-                 activation: str = "int8_absmax", backend: str = "auto") -> None:
+                 activation: str = "int8_absmax", backend: str = "auto", hadamard_block: int = 0) -> None:
         super().__init__()
         if packed.shape != (out_features, -(-in_features // 4)) or packed.dtype != torch.uint8:
             raise ValueError(f"packed weight must be uint8 [{out_features}, {-(-in_features // 4)}], "
@@ -34,6 +36,7 @@ class TernaryLinear(nn.Module):
         self.input_norm = input_norm
         self.activation = activation
         self.backend = backend
+        self.hadamard_block = int(hadamard_block)
         self._codes_t: torch.Tensor | None = None
 
     def _unpacked_t(self) -> torch.Tensor:
@@ -44,6 +47,8 @@ class TernaryLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_norm is not None:
             x = self.input_norm(x)
+        if self.hadamard_block:
+            x = hadamard_transform(x, self.hadamard_block)
         lead = x.shape[:-1]
         codes, mult = quantize_activation(x.reshape(-1, self.in_features), self.activation)
         if resolve_backend(self.backend, x.device) == "torch":
@@ -56,4 +61,5 @@ class TernaryLinear(nn.Module):
 
     def extra_repr(self) -> str:
         norm = ", input_norm" if self.input_norm is not None else ""
-        return f"{self.in_features}, {self.out_features}, {self.activation}{norm}, backend={self.backend}"
+        rot = f", hadamard({self.hadamard_block})" if self.hadamard_block else ""
+        return f"{self.in_features}, {self.out_features}, {self.activation}{rot}{norm}, backend={self.backend}"

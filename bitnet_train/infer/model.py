@@ -31,11 +31,13 @@ def build_runtime(native: NativeModel, device: str | torch.device = "cpu", dtype
             norm.weight.data = layer.norm_weight.to(dtype)
         bias = None if layer.bias is None else layer.bias.to(dtype)
         setattr(model.get_submodule(parent_name), leaf, TernaryLinear(
-            layer.in_features, layer.out_features, layer.packed, layer.scale, bias, norm, layer.activation, backend))
+            layer.in_features, layer.out_features, layer.packed, layer.scale, bias, norm, layer.activation, backend,
+            layer.hadamard_block))
     model.load_state_dict({k: v.to(dtype) for k, v in native.dense.items()}, strict=False, assign=True)
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     model.model.rotary_emb = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
+    model.set_kv_bits(native.quant.get("kv_bits"))
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if left:
         raise RuntimeError(f"runtime model has tensors without data: {left[:3]}")

@@ -14,6 +14,14 @@ o_proj, ffn_sub_norm before down_proj) are the input norms of those BitLinear la
 Generation passes a KVCache: the new tokens take positions after the cached ones, each attention
 layer appends its keys and values to the cache and attends over all of them. Without a cache
 (training, evaluation) the computation is exactly the cache-free one.
+
+Low-bit keys and values (BitNet a4.8's 4-bit / 3-bit KV cache): `set_kv_bits(b)` quantizes every
+key (after RoPE) and value per head and token, symmetric absmax over the head dimension
+(quant/functional.py's per-token quantizer at b bits: codes in [-2^(b-1), 2^(b-1) - 1], scale
+(2^(b-1) - 1) / max|x|). Without a cache it is applied inside attention (with a straight-through
+gradient when training), so validation perplexity measures its cost; a KV cache stores the integer
+codes (one int8 each) and one fp32 scale per head and token, and returns them dequantized, which is
+the same computation, so cached decoding equals the cache-free forward.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bitnet_train.config import ModelConfig
+from bitnet_train.quant.functional import activation_codes, quantize_activation
 from bitnet_train.quant.norm import RMSNorm
 
 
@@ -54,35 +63,54 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 class LayerKVCache:
     """Keys and values of one attention layer, [B, H_kv, max_length, D] buffers filled from the left.
 
-    `update` stores the new positions and returns every position seen so far; this is the one place
-    where a cache could transform (e.g. quantize) what it keeps."""
+    `update` stores the new positions and returns every position seen so far. With `bits` it keeps
+    integer codes (int8) and per-head, per-token scales instead, and returns them dequantized."""
 
-    def __init__(self, max_length: int) -> None:
+    def __init__(self, max_length: int, bits: int | None = None) -> None:
         self.max_length = max_length
+        self.bits = bits
         self.length = 0
         self.keys: torch.Tensor | None = None
         self.values: torch.Tensor | None = None
+        self.key_scales: torch.Tensor | None = None
+        self.value_scales: torch.Tensor | None = None
+
+    def _store(self, buf: torch.Tensor | None, scales: torch.Tensor | None, x: torch.Tensor, end: int):
+        b, h, s, d = x.shape
+        if buf is None:
+            buf = x.new_empty(b, h, self.max_length, d, dtype=torch.int8 if self.bits else x.dtype)
+            if self.bits:
+                scales = x.new_empty(b, h, self.max_length, 1, dtype=torch.float32)
+        if self.bits:
+            codes, scale = activation_codes(x, self.bits)
+            buf[:, :, self.length:end] = codes
+            scales[:, :, self.length:end] = scale
+        else:
+            buf[:, :, self.length:end] = x
+        return buf, scales
+
+    def _read(self, buf: torch.Tensor, scales: torch.Tensor | None, end: int, dtype: torch.dtype) -> torch.Tensor:
+        if not self.bits:
+            return buf[:, :, :end]
+        return buf[:, :, :end].float().div_(scales[:, :, :end]).to(dtype)
 
     def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        b, h, s, d = k.shape
-        end = self.length + s
+        end = self.length + k.shape[2]
         if end > self.max_length:
             raise ValueError(f"KV cache holds {self.max_length} positions; {end} were requested")
-        if self.keys is None:
-            self.keys = k.new_empty(b, h, self.max_length, d)
-            self.values = v.new_empty(b, v.shape[1], self.max_length, v.shape[3])
-        self.keys[:, :, self.length:end] = k
-        self.values[:, :, self.length:end] = v
+        self.keys, self.key_scales = self._store(self.keys, self.key_scales, k, end)
+        self.values, self.value_scales = self._store(self.values, self.value_scales, v, end)
         self.length = end
-        return self.keys[:, :, :end], self.values[:, :, :end]
+        return self._read(self.keys, self.key_scales, end, k.dtype), self._read(self.values, self.value_scales, end, v.dtype)
 
 
 class KVCache:
     """Per-layer key/value caches for incremental decoding; `length` is the number of cached positions."""
 
-    def __init__(self, num_layers: int, max_length: int) -> None:
-        self.layers = [LayerKVCache(max_length) for _ in range(num_layers)]
+    def __init__(self, num_layers: int, max_length: int, bits: int | None = None) -> None:
+        self.layers = [LayerKVCache(max_length, bits) for _ in range(num_layers)]
         self.max_length = max_length
+        self.bits = bits
 
     @property
     def length(self) -> int:
@@ -107,6 +135,8 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.num_heads * hd, d, bias=cfg.attention_out_bias)
         self.q_norm = RMSNorm(hd, cfg.rms_norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(hd, cfg.rms_norm_eps) if cfg.qk_norm else None
+        self.kv_bits: int | None = None
+        """Quantize keys (after RoPE) and values to this many bits per head and token (None: off)."""
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 attn_mask: torch.Tensor | None = None, cache: LayerKVCache | None = None) -> torch.Tensor:
@@ -119,7 +149,12 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         gqa = self.num_kv_heads != self.num_heads
+        if cache is None and self.kv_bits:
+            k, v = quantize_activation(k, self.kv_bits), quantize_activation(v, self.kv_bits)
         if cache is not None:
+            if cache.bits != self.kv_bits:
+                raise ValueError(f"KV cache quantizes to {cache.bits} bits, attention to {self.kv_bits}: build the "
+                                 "cache with model.new_cache after model.set_kv_bits")
             past = cache.length
             k, v = cache.update(k, v)
             if past > 0:  # with nothing cached, the plain causal path below is the same computation
@@ -227,8 +262,19 @@ class CausalLM(nn.Module):
         return self.lm_head(self.model(input_ids, attention_mask, cache))
 
     def new_cache(self, max_length: int) -> KVCache:
-        """An empty KV cache for generating up to `max_length` positions."""
-        return KVCache(len(self.model.layers), max_length)
+        """An empty KV cache for generating up to `max_length` positions (quantized as set_kv_bits says)."""
+        return KVCache(len(self.model.layers), max_length, self.kv_bits)
+
+    @property
+    def kv_bits(self) -> int | None:
+        return self.model.layers[0].self_attn.kv_bits if len(self.model.layers) else None
+
+    def set_kv_bits(self, bits: int | None) -> None:
+        """Quantize attention keys and values to `bits` (per head and token, absmax), or None for full precision."""
+        if bits is not None and not (isinstance(bits, int) and 2 <= bits <= 8):
+            raise ValueError(f"kv bits must be None or an integer from 2 to 8, got {bits!r}")
+        for layer in self.model.layers:
+            layer.self_attn.kv_bits = bits
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         params = {id(p): p for p in self.parameters()}
