@@ -250,6 +250,12 @@ class DataConfig:
     """Tokenization cache; None uses datasets' default cache."""
     seed: int = 1234
     """Shuffling seed for training blocks."""
+    layout: str = "text"
+    """text: documents packed into blocks; prompt_answer: one padded example per record, loss on the answer."""
+    prompt_field: str = "prompt"
+    """prompt_answer: the column holding the prompt."""
+    answer_field: str = "answer"
+    """prompt_answer: the column holding the answer."""
 
     def __post_init__(self) -> None:
         s = "data"
@@ -262,6 +268,9 @@ class DataConfig:
             raise ConfigError(f"data.val_fraction={self.val_fraction!r} must be in (0, 1)")
         if self.files is not None and self.dataset is not None:
             raise ConfigError("data.files and data.dataset are both set; set only one (data.dataset=null to use files)")
+        _choice(s, "layout", self.layout, ("text", "prompt_answer"))
+        if self.layout == "prompt_answer" and self.streaming:
+            raise ConfigError("data.layout=prompt_answer does not stream; set data.streaming=false")
 
 
 RAMP_SHAPES = ("step", "linear", "exponential", "sigmoid", "cosine", "staircase")

@@ -115,6 +115,10 @@ def write_json_atomic(obj: dict[str, Any], path: Path) -> None:
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
+    if cfg.get("distill") is not None:  # BitDistill's three stages (+experiment=distill_*)
+        from bitnet_train.distill.runner import run_distillation
+
+        return run_distillation(cfg)
     out_dir = Path(cfg.out_dir)
     data_cfg = from_mapping(DataConfig, "data", cfg.data)
     model_cfg = from_mapping(ModelConfig, "model", cfg.model)

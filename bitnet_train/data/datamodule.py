@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from bitnet_train.config import ConfigError, DataConfig, from_mapping
+from bitnet_train.data.examples import Examples, load_pairs, pairs_fingerprint, tokenize_pairs
 from bitnet_train.data.packing import (PackedBlocks, cache_fingerprint, tokenize_documents, unigram_perplexity,
                                        validation_mask)
 from bitnet_train.data.sampler import InfiniteBlockSampler
@@ -31,7 +32,8 @@ STREAM_UNIGRAM_BLOCKS = 2048
 
 
 class CausalLMDataModule(L.LightningDataModule):
-    """Batches `{"input_ids": LongTensor[B, S], "labels": LongTensor[B, S]}` with B = data.batch_size."""
+    """Batches `{"input_ids": LongTensor[B, S], "labels": LongTensor[B, S]}` with B = data.batch_size
+    (plus `attention_mask` [B, S] for data.layout=prompt_answer, whose labels are -100 outside answers)."""
 
     def __init__(self, cfg: DataConfig | Mapping[str, Any] | None = None) -> None:
         super().__init__()
@@ -62,6 +64,9 @@ class CausalLMDataModule(L.LightningDataModule):
         if self.documents is not None:
             return
         cfg, tok = self.cfg, self.tokenizer
+        if cfg.layout == "prompt_answer":
+            self._build_examples()
+            return
         documents = load_documents(cfg)
         if not cfg.streaming:
             tokenized = tokenize_documents(documents.dataset, tok, cache_fingerprint(documents.fingerprint, tok))
@@ -77,6 +82,21 @@ class CausalLMDataModule(L.LightningDataModule):
                         + (" or raise data.val_fraction" if split == "validation" else ""))
             self.tokenized, self.train_blocks, self.val_blocks = tokenized, train_blocks, val_blocks
         self.documents = documents
+        log.info("data: %s", self.stats())
+
+    def _build_examples(self) -> None:
+        """data.layout=prompt_answer: one padded example per record (data/examples.py)."""
+        cfg, tok = self.cfg, self.tokenizer
+        documents = load_pairs(cfg)
+        tokenized = tokenize_pairs(documents.dataset, tok, pairs_fingerprint(documents.fingerprint, tok))
+        val = validation_mask(tokenized.data.column("doc_hash").to_numpy(), cfg.val_fraction)
+        self.train_blocks = Examples(tokenized, ~val, cfg.seq_len, tok.pad_id)
+        self.val_blocks = Examples(tokenized, val, cfg.seq_len, tok.pad_id, max_items=cfg.max_val_blocks)
+        for split, examples in (("training", self.train_blocks), ("validation", self.val_blocks)):
+            if len(examples) == 0:
+                raise ConfigError(f"the {split} split has no prompt/answer records ({documents.description}); "
+                                  "add records or change data.val_fraction")
+        self.tokenized, self.documents = tokenized, documents
         log.info("data: %s", self.stats())
 
     def _rank_world(self) -> tuple[int, int]:

@@ -1,4 +1,4 @@
-"""A throw-away single-machine Slurm cluster for tests: munged, slurmctld and slurmd as root.
+"""A throw-away single-machine Slurm cluster for tests: munged, slurmctld and one slurmd per node, as root.
 
 Everything lives under one folder (config, munge key and socket, state, spool, logs) and listens on
 free loopback ports, so it touches no system Slurm or munge setup. Clients reach it through
@@ -57,14 +57,17 @@ def _exe(name: str) -> str:
 
 
 class LocalSlurm:
-    """One node named `localhost` with `cpus` CPUs, one partition `debug`."""
+    """`nodes` nodes (n1, n2, ...: one slurmd each, all on 127.0.0.1) of `cpus` CPUs, one partition `debug`."""
 
-    def __init__(self, root: Path, cpus: int = 2) -> None:
+    def __init__(self, root: Path, cpus: int = 2, nodes: int = 1) -> None:
         self.root = Path(root)
         self.cpus = cpus
+        self.nodes = [f"n{i + 1}" for i in range(nodes)]
         self._procs: dict[str, subprocess.Popen] = {}
         self.conf = self.root / "slurm.conf"
-        self.env = dict(os.environ, SLURM_CONF=str(self.conf))
+        # Node names n1, n2, ... do not resolve to addresses: jobs rendezvous on 127.0.0.1 (the sbatch
+        # templates and Lightning take MASTER_ADDR from the environment when it is set).
+        self.env = dict(os.environ, SLURM_CONF=str(self.conf), MASTER_ADDR="127.0.0.1")
 
     def _write_config(self) -> None:
         r = self.root
@@ -80,18 +83,17 @@ class LocalSlurm:
             f"FirstJobId={random.randint(1000, 19000)}",
             "SlurmctldHost=localhost(127.0.0.1)",
             f"SlurmctldPort={_free_port()}",
-            f"SlurmdPort={_free_port()}",
             "SlurmUser=root",
             "SlurmdUser=root",
             "AuthType=auth/munge",
             "CredType=cred/munge",
             f"AuthInfo=socket={r / 'munge.socket'}",
             f"StateSaveLocation={r / 'state'}",
-            f"SlurmdSpoolDir={r / 'spool'}",
+            f"SlurmdSpoolDir={r / 'spool' / '%n'}",
             f"SlurmctldPidFile={r / 'slurmctld.pid'}",
-            f"SlurmdPidFile={r / 'slurmd.pid'}",
+            f"SlurmdPidFile={r / 'slurmd-%n.pid'}",
             f"SlurmctldLogFile={r / 'log' / 'slurmctld.log'}",
-            f"SlurmdLogFile={r / 'log' / 'slurmd.log'}",
+            f"SlurmdLogFile={r / 'log' / 'slurmd-%n.log'}",
             "ProctrackType=proctrack/linuxproc",
             "TaskPlugin=task/none",
             "SelectType=select/cons_tres",
@@ -106,14 +108,16 @@ class LocalSlurm:
             "SlurmctldTimeout=30",
             "SlurmdTimeout=30",
             "KillWait=5",
-            f"NodeName=localhost NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={mem_mb} State=UNKNOWN",
-            "PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP",
+            # several slurmd on one machine: one port each (Debian's Slurm is built with multiple-slurmd support)
+            *[f"NodeName={node} NodeHostname=localhost NodeAddr=127.0.0.1 Port={_free_port()} CPUs={self.cpus} "
+              f"RealMemory={mem_mb // len(self.nodes)} State=UNKNOWN" for node in self.nodes],
+            f"PartitionName=debug Nodes={','.join(self.nodes)} Default=YES MaxTime=INFINITE State=UP",
             "",
         ]))
 
     def _start(self, name: str, args: list[str]) -> None:
         log = open(self.root / "log" / f"{name}.out", "ab")
-        proc = subprocess.Popen([_exe(name), *args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen([_exe(name.split("-")[0]), *args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         self._procs[name] = proc
 
@@ -125,15 +129,17 @@ class LocalSlurm:
                                f"--log-file={r / 'log' / 'munged.log'}", f"--seed-file={r / 'munge.seed'}"])
         self._wait(lambda: (r / "munge.socket").exists(), timeout, "munged socket")
         self._start("slurmctld", ["-D", "-i", "-f", str(self.conf)])
-        self._start("slurmd", ["-D", "-N", "localhost", "-f", str(self.conf)])
-        self._wait(self._node_idle, timeout, "node localhost idle")
+        for node in self.nodes:
+            (r / "spool" / node).mkdir(parents=True, exist_ok=True)
+            self._start(f"slurmd-{node}", ["-D", "-N", node, "-f", str(self.conf)])
+        self._wait(self._nodes_idle, timeout, f"{len(self.nodes)} idle node(s)")
 
-    def _node_idle(self) -> bool:
+    def _nodes_idle(self) -> bool:
         for name, proc in self._procs.items():
             if proc.poll() is not None:
                 raise RuntimeError(f"{name} exited with {proc.returncode}: {self.logs()}")
-        out = self.run(["sinfo", "-h", "-N", "-o", "%t"], check=False).stdout.strip()
-        return out.startswith("idle")
+        states = self.run(["sinfo", "-h", "-N", "-o", "%t"], check=False).stdout.split()
+        return len(states) == len(self.nodes) and all(state == "idle" for state in states)
 
     def _wait(self, ready, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
@@ -176,6 +182,13 @@ class LocalSlurm:
             time.sleep(1.0)
         raise TimeoutError(f"job {job_id} still {self.job_state(job_id)} after {timeout:.0f} s")
 
+    def cancel_all(self, timeout: float = 30.0) -> None:
+        """Cancel every job of this cluster and wait until the queue is empty."""
+        self.run(["scancel", "--user=root"], check=False)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.run(["squeue", "-h"], check=False).stdout.strip():
+            time.sleep(0.5)
+
     def stop(self) -> None:
         """Cancel this cluster's jobs, end its daemons (by pid, slurmd first), then any job process left.
 
@@ -184,11 +197,8 @@ class LocalSlurm:
         """
         ctld = self._procs.get("slurmctld")
         if ctld is not None and ctld.poll() is None:
-            self.run(["scancel", "--user=root"], check=False)
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and self.run(["squeue", "-h"], check=False).stdout.strip():
-                time.sleep(0.5)
-        for name in reversed(DAEMONS):
+            self.cancel_all()
+        for name in [*(f"slurmd-{node}" for node in self.nodes), "slurmctld", "munged"]:
             proc = self._procs.get(name)
             if proc is None or proc.poll() is not None:
                 continue

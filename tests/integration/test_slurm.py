@@ -1,7 +1,7 @@
 """Real Slurm on this machine: the project's sbatch template and the Hydra submitit launcher.
 
-A throw-away cluster (munged, slurmctld, slurmd; tests/integration/slurm_local.py) is started for
-this module; Slurm is installed with apt-get when missing and the tests run as root, otherwise they
+A throw-away cluster (munged, slurmctld and two slurmd acting as two nodes;
+tests/integration/slurm_local.py) is started for this module; Slurm is installed with apt-get when missing and the tests run as root, otherwise they
 skip with the reason. Only CPU-specific settings are given on the sbatch / Hydra command lines
 (no GPUs requested, CPU accelerator, a tiny model), exactly as a user overrides the templates.
 """
@@ -9,6 +9,7 @@ skip with the reason. Only CPU-specific settings are given on the sbatch / Hydra
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -27,15 +28,24 @@ CPU = ["trainer.accelerator=cpu", *[o for o in SMALL if not o.startswith("data.b
 
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.skip("the throw-away Slurm runs slurmctld and slurmd as root; these tests need root")
     reason = install()
     if reason:
         pytest.skip(reason)
-    cluster = LocalSlurm(tmp_path_factory.mktemp("slurm"), cpus=2)
+    cluster = LocalSlurm(tmp_path_factory.mktemp("slurm"), cpus=2, nodes=2)  # two slurmd: two "nodes"
     try:
         cluster.start()
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(autouse=True)
+def _cancel_leftover_jobs(slurm):
+    """A failed test's jobs must not hold the nodes for the next test."""
+    yield
+    slurm.cancel_all()
 
 
 def _wait_for(predicate, timeout: float, what: str, slurm: LocalSlurm) -> None:
@@ -88,8 +98,30 @@ def test_sbatch_template_two_tasks_requeued_on_preemption(slurm, data_cache, tmp
     assert (run_dir / "logs" / "metrics.csv").is_file()
 
 
+def test_multi_node_template_trains_fsdp2_across_two_nodes(slurm, data_cache, tmp_path):
+    """launch/slurm/multi_node.sbatch: 2 nodes x 1 task, FSDP2 sharded across the nodes."""
+    run_dir, out = tmp_path / "run", tmp_path / "job.out"
+    env = {"PYTHON": sys.executable, "TRAINER": "default", "RUN_DIR": str(run_dir), "PYTHONWARNINGS": "ignore"}
+    job = slurm.sbatch(["--nodes=2", "--gpus-per-node=0", "--ntasks-per-node=1", "--cpus-per-task=1", "--time=10",
+                        "--job-name=bitnet-test-multi", f"--output={out}",
+                        str(REPO / "launch/slurm/multi_node.sbatch"), *CPU, "data.batch_size=2", "strategy=fsdp2",
+                        f"data.cache_dir={data_cache}", "trainer.max_steps=4", "trainer.val_check_interval=2",
+                        "callbacks.checkpoint.every_n_train_steps=2"], env=env, cwd=REPO)
+    state, code = slurm.wait_job(job, 300)
+    log = out.read_text(errors="replace")
+    assert (state, code) == ("COMPLETED", "0:0"), f"{state} {code}\n{log[-3000:]}\n{slurm.logs()}"
+    assert "2 nodes x 1 tasks" in log and "MEMBER: 2/2" in log
+    assert slurm.run(["scontrol", "show", "job", str(job)]).stdout.count("NodeList=n[1-2]") >= 1
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["steps"] == 4 and metrics["tokens_seen"] == 4 * 2 * 2 * 64  # two ranks, one per node
+    assert (run_dir / "checkpoints" / "last.ckpt" / ".metadata").is_file()  # FSDP2 shards, one per node
+    assert sorted(p.name for p in (run_dir / "checkpoints" / "last.ckpt").glob("*.distcp")) == ["__0_0.distcp",
+                                                                                                "__1_0.distcp"]
+
+
 def test_hydra_submitit_sweep(slurm, data_cache, tmp_path):
     """`-m hydra/launcher=slurm` (launch/hydra/launcher/slurm.yaml) runs one Slurm job per sweep point."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the `distributed` extra installs it")
     sweep = tmp_path / "sweep"
     env = dict(slurm.env, PYTHONWARNINGS="ignore", HYDRA_FULL_ERROR="1")
     cmd = [sys.executable, "-m", "bitnet_train", "--config-dir", str(REPO / "launch"), "-m", "hydra/launcher=slurm",

@@ -1,0 +1,332 @@
+"""BitDistill end to end: `python -m bitnet_train +experiment=distill_qwen distill.teacher=PATH`.
+
+The stages run in order in one command, each in its own folder under the run folder:
+  1 stage1_refine/student.ckpt      modeling refinement: the teacher mapped into our decoder, every linear but
+                                    lm_head ternary, new norms per distill.norms (distill/student.py)
+  2 stage2_continual/checkpoints/   continual pre-training: next-token CE on `data` + distill.stage2.data for
+                                    distill.stage2.tokens tokens (0 skips it), PretrainModule
+  3 stage3_distill/checkpoints/     distillation: CE + lambda * logit KL + gamma * attention-relation KL on
+                                    `data` + distill.stage3.data (packed text or prompt/answer), DistillModule
+Every checkpoint carries its stage (`checkpoint["distill"]`), so `ckpt_path=` any of them resumes there: a
+stage-1 file starts stage 2 from it, a stage-2 or stage-3 file continues that stage exactly (Lightning's
+resume: optimizer, schedule, data position, RNG) and then runs the remaining stages. The current stage is in
+the progress bar, in the log lines and logged as `stage`; metrics.json holds each stage's figures and the
+held-out loss and perplexity of the teacher and of the student after every stage, on stage 3's validation set.
+
+Settings are all checked before the teacher is loaded, the teacher and the stage-1 student before any data
+is tokenized, and the data before any training step.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from bitnet_train.config import ConfigError, DataConfig, ModelConfig, OptimConfig, QuantConfig, from_mapping, to_dict
+from bitnet_train.data import CausalLMDataModule
+from bitnet_train.distill.config import DistillConfig
+from bitnet_train.distill.data import DistillDataModule
+from bitnet_train.distill.evaluate import validation_loss
+from bitnet_train.distill.logit_cache import TeacherLogitCache
+from bitnet_train.distill.student import load_teacher_weights, student_model_config
+from bitnet_train.distill.teacher import Teacher, load_teacher, relation_pairs
+from bitnet_train.lit.callbacks.stage import StageCallback
+from bitnet_train.lit.checkpoint_io import AtomicCheckpointIO, atomic_torch_save, load_checkpoint_file
+from bitnet_train.lit.distill import DistillModule
+from bitnet_train.lit.loggers import build_loggers
+from bitnet_train.lit.pretrain import PretrainModule
+from bitnet_train.run import check_resume, resolve_vocab, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+STAGES = {1: ("modeling refinement", "stage1_refine"), 2: ("continual pre-training", "stage2_continual"),
+          3: ("distillation", "stage3_distill")}
+STAGE1_FILE = "student.ckpt"
+
+
+@dataclass
+class Settings:
+    """Every section a distillation run reads, validated."""
+
+    distill: DistillConfig
+    quant: QuantConfig
+    model: ModelConfig
+    data2: DataConfig
+    data3: DataConfig
+    optim2: OptimConfig
+    optim3: OptimConfig
+    world_size: int
+    accumulate: int
+    resume: dict[str, Any] | None = None
+    resume_path: str | None = None
+
+
+def _merged(cls: type, section: str, base: Any, overrides: dict) -> Any:
+    """`base` with the stage's overrides (None values keep the base value), validated as `cls`."""
+    values = OmegaConf.to_container(base, resolve=True) if OmegaConf.is_config(base) else dict(base or {})
+    return from_mapping(cls, section, {**values, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def world_size_of(trainer_cfg: DictConfig) -> int:
+    """Processes the configured trainer will run (devices x nodes); 'auto' counts visible GPUs."""
+    devices = trainer_cfg.get("devices", 1)
+    nodes = int(trainer_cfg.get("num_nodes", 1) or 1)
+    if isinstance(devices, int) and devices > 0:
+        return devices * nodes
+    if OmegaConf.is_list(devices) or isinstance(devices, (list, tuple)):
+        return len(devices) * nodes
+    if str(trainer_cfg.get("accelerator", "auto")) in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return torch.cuda.device_count() * nodes
+    return nodes
+
+
+def read_settings(cfg: DictConfig) -> Settings:
+    """All sections as validated dataclasses, and the checkpoint to resume from; nothing heavy is loaded."""
+    distill = from_mapping(DistillConfig, "distill", cfg.distill)
+    quant = from_mapping(QuantConfig, "quant", cfg.quant)
+    if quant.enabled and quant.norm != distill.norms:
+        raise ConfigError(f"quant.norm={quant.norm!r} differs from distill.norms={distill.norms!r}; set only "
+                          "distill.norms (the distillation experiments set quant.norm from it)")
+    from_mapping(DataConfig, "data", cfg.data)
+    settings = Settings(
+        distill=distill, quant=quant, model=from_mapping(ModelConfig, "model", cfg.model),
+        data2=_merged(DataConfig, "distill.stage2.data", cfg.data, distill.stage2.data),
+        data3=_merged(DataConfig, "distill.stage3.data", cfg.data, distill.stage3.data),
+        optim2=_merged(OptimConfig, "distill.stage2.optim", cfg.optim, distill.stage2.optim),
+        optim3=_merged(OptimConfig, "distill.stage3.optim", cfg.optim, distill.stage3.optim),
+        world_size=world_size_of(cfg.trainer), accumulate=int(cfg.trainer.get("accumulate_grad_batches", 1) or 1))
+    if settings.data3.streaming and (distill.stage3.steps is None or distill.stage3.logit_cache.enabled):
+        raise ConfigError("a streamed stage-3 dataset has no known size: set distill.stage3.steps and keep "
+                          "distill.stage3.logit_cache.enabled=false (or set data.streaming=false)")
+    if settings.data2.layout != "text":
+        raise ConfigError("distill.stage2.data.layout must be text: continual pre-training packs a general corpus")
+    if cfg.get("ckpt_path"):
+        checkpoint = load_checkpoint_file(cfg.ckpt_path)
+        tag = checkpoint.get("distill")
+        if not isinstance(tag, dict) or tag.get("stage") not in STAGES:
+            raise ConfigError(f"checkpoint {cfg.ckpt_path} is not a BitDistill stage checkpoint; resume from "
+                              f"{STAGES[1][1]}/{STAGE1_FILE} or a stage*/checkpoints/*.ckpt file of a distillation run")
+        settings.resume, settings.resume_path = checkpoint, str(cfg.ckpt_path)
+    return settings
+
+
+def _with_warmup(optim: OptimConfig, fraction: float | None, steps: int) -> OptimConfig:
+    if fraction is not None:
+        optim.warmup_steps = int(round(fraction * steps))
+    return optim
+
+
+def _stage_cfg(cfg: DictConfig, stage_dir: Path, steps: int) -> DictConfig:
+    """The run config with out_dir (and so checkpoints, logs) moved to the stage's folder and its step count."""
+    stage = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    stage.out_dir = str(stage_dir)
+    stage.trainer.max_steps = steps
+    return stage
+
+
+def _trainer(cfg: DictConfig, stage: int, steps: int, stage_dir: Path, settings: Settings) -> L.Trainer:
+    stage_cfg = _stage_cfg(cfg, stage_dir, steps)
+    callbacks = [instantiate(spec) for spec in (stage_cfg.get("callbacks") or {}).values() if spec is not None]
+    callbacks.append(StageCallback(stage, STAGES[stage][0]))
+    trainer: L.Trainer = instantiate(stage_cfg.trainer, logger=build_loggers(stage_cfg.get("logger")) or False,
+                                     callbacks=callbacks, plugins=[AtomicCheckpointIO()])
+    if trainer.world_size != settings.world_size:
+        raise ConfigError(f"the trainer runs {trainer.world_size} processes, not the {settings.world_size} read from "
+                          "trainer.devices x trainer.num_nodes; set trainer.devices explicitly")
+    return trainer
+
+
+def _eval_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _student_loss(model: torch.nn.Module, datamodule: CausalLMDataModule) -> dict[str, float]:
+    device = _eval_device()
+    model.to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        return validation_loss(model, datamodule.val_dataloader(), device)
+    finally:
+        model.train(was_training)
+
+
+def _teacher_loss(teacher: Teacher, datamodule: CausalLMDataModule) -> dict[str, float]:
+    device = _eval_device()
+    teacher.to(device)
+    recorder, teacher.recorder = teacher.recorder, None
+    try:
+        return validation_loss(lambda ids: teacher(ids).logits, datamodule.val_dataloader(), device)
+    finally:
+        teacher.recorder = recorder
+
+
+def _fit(trainer: L.Trainer, module: PretrainModule, datamodule: CausalLMDataModule, ckpt: str | None
+         ) -> dict[str, Any]:
+    started = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+    seconds = time.perf_counter() - started
+    final = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+    trainer.save_checkpoint(final)
+    out: dict[str, Any] = {"steps": int(trainer.global_step), "tokens_seen": int(module.tokens_seen),
+                           "train_seconds": round(seconds, 2), "checkpoint": str(final), "resumed_from": ckpt}
+    for key in ("train/loss", "train/ce", "train/logit_kl", "train/attn_kl"):
+        value = trainer.callback_metrics.get(key)
+        if value is not None:
+            out[key.replace("/", "_")] = float(value)
+    return out
+
+
+class DistillationRun:
+    """The state the stages share: settings, teacher, data modules, the student's weights and the metrics."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg, self.out_dir = cfg, Path(cfg.out_dir)
+        self.settings = settings = read_settings(cfg)
+        self.distill, self.kd = settings.distill, settings.distill.stage3
+        self.resume_stage = settings.resume["distill"]["stage"] if settings.resume else 0
+        L.seed_everything(cfg.seed, workers=True)
+
+        # the teacher and the stage-1 student, before any data is read
+        self.teacher = load_teacher(self.distill)
+        self.student_cfg = student_model_config(self.teacher, self.distill, settings.model)
+        self.student = self.build(settings.optim2)
+        if self.kd.attention_weight > 0 and (self.kd.steps is None or self.kd.steps > 0):
+            relation_pairs(self.teacher.model, self.student.model, self.kd.attention)  # layers, relation heads
+
+        # stage 2 corpus and stage 3 task data, checked against the student
+        self.data2 = CausalLMDataModule(settings.data2) if self.distill.stage2.tokens > 0 else None
+        self.data3 = DistillDataModule(settings.data3)
+        for dm in (self.data2, self.data3):
+            if dm is None:
+                continue
+            dm.prepare_data()
+            resolve_vocab(self.student_cfg, dm.tokenizer.vocab_size, dm.tokenizer.name)
+            if dm.cfg.seq_len > self.student_cfg.max_position_embeddings:
+                raise ConfigError(f"data.seq_len={dm.cfg.seq_len} exceeds the student's max_position_embeddings="
+                                  f"{self.student_cfg.max_position_embeddings}; shorten data.seq_len")
+        per_step = settings.accumulate * settings.world_size
+        d2, d3 = settings.data2, settings.data3
+        self.steps2 = math.ceil(self.distill.stage2.tokens / (d2.batch_size * d2.seq_len * per_step)) \
+            if self.data2 is not None else 0
+        self.steps3 = self.kd.steps if self.kd.steps is not None else \
+            math.ceil(self.kd.epochs * len(self.data3.train_blocks) / (d3.batch_size * per_step))
+        self.weights: dict[str, torch.Tensor] = {}
+        self.metrics: dict[str, Any] = {
+            "teacher": self.teacher.source, "student_parameters": self.student.model.num_parameters(),
+            "quantized_linears": len(self.student.quantized_names),
+            "planned_steps": {"stage2": self.steps2, "stage3": self.steps3}, "resumed_from": settings.resume_path}
+
+    def build(self, optim: OptimConfig) -> PretrainModule:
+        return PretrainModule(to_dict(self.student_cfg), to_dict(self.settings.quant), to_dict(optim),
+                              compile=self.cfg.get("compile", False))
+
+    def _checkpoint_for(self, stage: int) -> str | None:
+        return self.settings.resume_path if self.resume_stage == stage else None
+
+    def stage1(self) -> None:
+        """Teacher weights into the ternary student (or a stage-1/2/3 checkpoint's weights when resuming)."""
+        student, distill = self.student, self.distill
+        if self.resume_stage == 0:
+            log.info("stage 1/3 %s: %s", STAGES[1][0], "teacher weights into the ternary student"
+                     if distill.student == "teacher" else "a fresh student shaped by `model`")
+            new_norms = load_teacher_weights(student.model, self.teacher.model.state_dict()) \
+                if distill.student == "teacher" else []
+            path = self.out_dir / STAGES[1][1] / STAGE1_FILE
+            atomic_torch_save({"state_dict": student.state_dict(), "hyper_parameters": dict(student.hparams),
+                               "distill": {"stage": 1, "name": STAGES[1][0]}}, path)
+            self.metrics["stage1"] = {"checkpoint": str(path), "new_norms": len(new_norms)}
+            if distill.eval_stages:
+                self.metrics["stage1"]["val"] = _student_loss(student.model, self.data3)
+        else:
+            check_resume(self.settings.resume_path, student)
+            self.metrics["stage1"] = {"skipped": f"resumed from a stage-{self.resume_stage} checkpoint"}
+            if self.resume_stage <= 2:  # stage 2 starts from (or its weights are) the checkpoint's
+                student.load_state_dict(self.settings.resume["state_dict"])
+        self.weights = student.model.state_dict()
+
+    def stage2(self) -> None:
+        """Continual pre-training with next-token cross-entropy."""
+        if self.resume_stage > 2:
+            return
+        if self.steps2 == 0:
+            self.metrics["stage2"] = {"skipped": "distill.stage2.tokens=0"}
+            return
+        module = self.build(_with_warmup(self.settings.optim2, self.distill.stage2.warmup_fraction, self.steps2))
+        module.model.load_state_dict(self.weights)
+        trainer = _trainer(self.cfg, 2, self.steps2, self.out_dir / STAGES[2][1], self.settings)
+        self.metrics["stage2"] = _fit(trainer, module, self.data2, self._checkpoint_for(2))
+        if self.distill.eval_stages or self.steps3 == 0:
+            self.metrics["stage2"]["val"] = _student_loss(module.model, self.data3)
+        self.weights = module.model.state_dict()
+
+    def stage3(self) -> None:
+        """Distillation: CE + logit KL + attention-relation KL against the teacher."""
+        kd, settings = self.kd, self.settings
+        if self.steps3 == 0:
+            self.metrics["stage3"] = {"skipped": "distill.stage3.steps=0"}
+            return
+        module = DistillModule(to_dict(self.student_cfg), to_dict(settings.quant),
+                               to_dict(_with_warmup(settings.optim3, kd.warmup_fraction, self.steps3)), to_dict(kd),
+                               compile=self.cfg.get("compile", False))
+        module.model.load_state_dict(self.weights)
+        cache = None
+        if kd.logit_cache.enabled and kd.logit_weight > 0:
+            root = Path(kd.logit_cache.dir) if kd.logit_cache.dir else self.out_dir / "teacher_logits"
+            identity = {"teacher": self.teacher.fingerprint, "data": self.data3.tokenized._fingerprint,
+                        "layout": settings.data3.layout, "val_fraction": settings.data3.val_fraction,
+                        "temperature": kd.temperature}
+            cache = TeacherLogitCache(root, len(self.data3.train_blocks), settings.data3.seq_len,
+                                      kd.logit_cache.top_k, identity)
+        module.attach_teacher(self.teacher, cache)
+        ckpt = self._checkpoint_for(3)
+        if ckpt is not None:
+            check_resume(ckpt, module)
+        trainer = _trainer(self.cfg, 3, self.steps3, self.out_dir / STAGES[3][1], settings)
+        self.metrics["stage3"] = _fit(trainer, module, self.data3, ckpt)
+        if cache is not None:
+            self.metrics["stage3"]["logit_cache"] = {"dir": str(cache.dir), "filled": cache.filled_count()}
+        self.metrics["stage3"]["val"] = _student_loss(module.model, self.data3)
+
+    def run(self) -> dict[str, Any]:
+        metrics = self.metrics
+        if self.distill.eval_teacher:
+            metrics["teacher_val"] = _teacher_loss(self.teacher, self.data3)
+            log.info("teacher: validation loss %.4f, perplexity %.2f", metrics["teacher_val"]["loss"],
+                     metrics["teacher_val"]["perplexity"])
+        for stage in (self.stage1, self.stage2, self.stage3):
+            stage()
+            gc.collect()  # the previous stage's module, optimizer and trainer
+        final = metrics["stage3"].get("val") or metrics.get("stage2", {}).get("val") or metrics["stage1"].get("val")
+        if final is None:  # stage 1 only, not evaluated: the stage-1 (or resumed) student
+            self.student.model.load_state_dict(self.weights)
+            final = _student_loss(self.student.model, self.data3)
+        metrics["student_val"] = final
+        metrics["data"] = self.data3.stats()
+        return metrics
+
+
+def run_distillation(cfg: DictConfig) -> dict[str, Any]:
+    """Run the stages of BitDistill that remain (all of them, or those after a resumed checkpoint)."""
+    metrics = DistillationRun(cfg).run()
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if not distributed or torch.distributed.get_rank() == 0:
+        out_dir = Path(cfg.out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(metrics, out_dir / "metrics.json")
+        OmegaConf.save(cfg, out_dir / "config_resolved.yaml", resolve=True)
+        log.info("metrics: %s", json.dumps({k: v for k, v in metrics.items() if k != "data"}))
+    if distributed:
+        torch.distributed.destroy_process_group()
+    return metrics

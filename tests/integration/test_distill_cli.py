@@ -1,0 +1,144 @@
+"""`python -m bitnet_train +experiment=distill_tiny distill.teacher=PATH` runs the three stages and resumes.
+
+The teacher is a tiny random Qwen2 saved to a temporary folder; the data is the shipped corpus with the
+shipped tokenizer (the teacher's vocabulary is 4096). Resuming from the middle of stage 2, from the middle
+of stage 3 and from the stage-1 file gives the same final student as the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from bitnet_train.paths import shipped_dir
+from bitnet_train.run import train
+from conftest import compose_config, run_cli
+from distill_helpers import make_teacher
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> Path:
+    return make_teacher(tmp_path_factory.mktemp("teacher"), "qwen2")
+
+
+def _args(teacher: Path, cache: Path, out: Path) -> list[str]:
+    return ["+experiment=distill_tiny", f"distill.teacher={teacher}",
+            f"data.tokenizer={shipped_dir() / 'tokenizer' / 'austen_sp4096.model'}", f"data.cache_dir={cache}",
+            "data.seq_len=32", "data.batch_size=2", "data.max_val_blocks=4",
+            "distill.stage2.tokens=256",  # 4 steps of 2 x 32
+            "distill.stage3.steps=4", "distill.stage3.attention.layers=[-1]",
+            "distill.stage3.attention.relation_heads=8", "distill.stage3.logit_weight=1.0",
+            "distill.stage3.attention_weight=10.0",
+            "callbacks.checkpoint.every_n_train_steps=2", "callbacks.checkpoint.save_top_k=-1",
+            "callbacks.quant_stats.every_n_steps=2", "trainer.enable_model_summary=false",
+            f"hydra.run.dir={out}"]
+
+
+def _in_process(args: list[str], out: Path, *extra: str) -> dict:
+    overrides = [a for a in args if not a.startswith("hydra.run.dir=")]
+    return train(compose_config([*overrides, f"out_dir={out}", "callbacks.progress=null", *extra]))
+
+
+def _final(out: Path) -> dict[str, torch.Tensor]:
+    return torch.load(out / "stage3_distill" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+
+
+def _same_student(a: Path, b: Path) -> None:
+    first, second = _final(a), _final(b)
+    assert first.keys() == second.keys()
+    for key in first:
+        assert torch.equal(first[key], second[key]), key
+
+
+@pytest.mark.slow
+def test_three_stages_run_and_resume_from_any_stage(teacher, data_cache, tmp_path):
+    straight = tmp_path / "straight"
+    args = _args(teacher, data_cache, straight)
+    proc = run_cli(args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    log = proc.stdout + proc.stderr
+    assert "stage 1/3 modeling refinement" in log and "stage 2/3 continual pre-training" in log
+    assert "stage 3/3 distillation" in log
+
+    metrics = json.loads((straight / "metrics.json").read_text())
+    assert metrics["planned_steps"] == {"stage2": 4, "stage3": 4}
+    assert metrics["stage2"]["steps"] == 4 and metrics["stage2"]["tokens_seen"] == 256
+    assert metrics["stage3"]["steps"] == 4 and metrics["stage3"]["train_logit_kl"] > 0
+    assert metrics["stage3"]["train_attn_kl"] > 0 and metrics["stage1"]["new_norms"] == 2 * 3
+    for key in ("teacher_val", "student_val"):
+        assert metrics[key]["perplexity"] > 1 and metrics[key]["tokens"] == 4 * 32
+    assert metrics["student_val"] == metrics["stage3"]["val"]
+
+    stage1 = torch.load(straight / "stage1_refine" / "student.ckpt", weights_only=False)
+    assert stage1["distill"]["stage"] == 1
+    for stage, folder in ((2, "stage2_continual"), (3, "stage3_distill")):
+        names = sorted(p.name for p in (straight / folder / "checkpoints").iterdir())
+        assert names == ["last.ckpt", "step-000002.ckpt", "step-000004.ckpt"], names
+        tag = torch.load(straight / folder / "checkpoints" / "step-000002.ckpt", weights_only=False)["distill"]
+        assert tag == {"stage": stage, "name": ("continual pre-training", "distillation")[stage - 2], "max_steps": 4}
+    with open(straight / "stage3_distill" / "logs" / "metrics.csv") as f:
+        rows = [row for row in csv.DictReader(f) if row.get("train/ce")]
+    assert len(rows) == 4 and all(row["stage"] == "3.0" for row in rows)
+    for key in ("train/loss", "train/logit_kl", "train/attn_kl"):
+        assert all(float(row[key]) > 0 for row in rows)
+    assert float(rows[0]["train/loss"]) == pytest.approx(
+        float(rows[0]["train/ce"]) + float(rows[0]["train/logit_kl"]) + 10.0 * float(rows[0]["train/attn_kl"]), rel=1e-4)
+
+    # resume in the middle of stage 2 (command line), then of stage 3, and from the stage-1 file
+    mid2 = tmp_path / "from_stage2"
+    proc = run_cli([*_args(teacher, data_cache, mid2),
+                    f"ckpt_path={straight / 'stage2_continual' / 'checkpoints' / 'step-000002.ckpt'}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    resumed = json.loads((mid2 / "metrics.json").read_text())
+    assert "skipped" in resumed["stage1"] and resumed["stage2"]["steps"] == 4 and resumed["stage3"]["steps"] == 4
+    _same_student(straight, mid2)
+
+    mid3 = tmp_path / "from_stage3"
+    metrics3 = _in_process(args, mid3, f"ckpt_path={straight / 'stage3_distill' / 'checkpoints' / 'step-000002.ckpt'}")
+    assert "stage2" not in metrics3 and metrics3["stage3"]["steps"] == 4
+    assert not (mid3 / "stage2_continual").exists()
+    _same_student(straight, mid3)
+
+    from1 = tmp_path / "from_stage1"
+    _in_process(args, from1, f"ckpt_path={straight / 'stage1_refine' / 'student.ckpt'}")
+    _same_student(straight, from1)
+
+
+def test_distill_without_teacher_fails_in_one_line(tmp_path):
+    proc = run_cli(["+experiment=distill_qwen", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "distill.teacher is not set" in lines[0], proc.stderr[-2000:]
+
+
+def test_bad_resume_checkpoint_is_refused(teacher, data_cache, tmp_path):
+    """A pretraining checkpoint is not a distillation stage: refused before the teacher is loaded."""
+    fake = tmp_path / "pretrain.ckpt"
+    torch.save({"state_dict": {}, "global_step": 3}, fake)
+    with pytest.raises(Exception, match="not a BitDistill stage checkpoint"):
+        _in_process(_args(teacher, data_cache, tmp_path / "x"), tmp_path / "x", f"ckpt_path={fake}")
+
+
+def test_prompt_answer_task_with_cached_teacher_logits(teacher, data_cache, tmp_path):
+    """Stage 3 alone on prompt/answer records, padding-masked relations, teacher logits from the cache."""
+    task = tmp_path / "task.jsonl"
+    words = ["sense", "pride", "persuasion", "emma", "park", "abbey"]
+    task.write_text("".join(json.dumps({"prompt": f"Which novel has the word {w} in its title? ",
+                                        "answer": f"The one about {w}, number {i}."}) + "\n"
+                            for i in range(40) for w in words[i % 6:i % 6 + 1]))
+    out = tmp_path / "run"
+    args = _args(teacher, data_cache, out)
+    metrics = _in_process(args, out, "distill.stage2.tokens=0", f"distill.stage3.data.files={task}",
+                          "distill.stage3.data.layout=prompt_answer", "data.val_fraction=0.2",
+                          "distill.stage3.attention.padding_mask=true", "distill.stage3.attention.causal_mask=true",
+                          "distill.stage3.logit_cache.enabled=true", "distill.stage3.logit_cache.top_k=8",
+                          "distill.stage3.steps=3", "distill.eval_stages=false")
+    assert metrics["stage2"] == {"skipped": "distill.stage2.tokens=0"} and "val" not in metrics["stage1"]
+    assert metrics["stage3"]["steps"] == 3 and metrics["stage3"]["train_logit_kl"] > 0
+    assert metrics["stage3"]["logit_cache"]["filled"] == 6  # 3 steps of 2 records
+    assert metrics["data"]["train_documents"] + metrics["data"]["val_documents"] == 40
+    assert 0 < metrics["student_val"]["tokens"] < 8 * 32  # answer tokens only
