@@ -26,6 +26,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -58,6 +59,8 @@ def train(name: str, args: argparse.Namespace) -> None:
     if (out / "metrics.json").is_file() and not args.force:
         print(f"[{name}] done already ({out}); --force to rerun", flush=True)
         return
+    if out.exists():  # a fresh folder: Lightning would otherwise write last-v1.ckpt beside the old last.ckpt
+        shutil.rmtree(out)
     cmd = [sys.executable, "-m", "bitnet_train", *RUNS[name], *SHAPE, f"trainer.max_steps={args.steps}",
            f"trainer.val_check_interval={args.steps}", f"callbacks.checkpoint.every_n_train_steps={args.steps}",
            "callbacks.progress=null", "+trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
