@@ -108,6 +108,25 @@ class QuantConfig:
     """Phase-in strength for weights: 0 full precision, 1 fully quantized."""
     activation_lambda: float = 1.0
     """Phase-in strength for activations."""
+    activation_schemes: dict[str, str] = field(default_factory=dict)
+    """Per-projection activation quantizers (BitNet a4.8 / v2, SPEC section 2): {pattern: scheme}, the
+    first pattern (fnmatch on the module name or its leaf, e.g. o_proj) that matches wins; projections
+    that match none use int8_absmax. Schemes: int8_absmax, int4_absmean, int8_absmax_topNN."""
+    hadamard: list[str] = field(default_factory=list)
+    """Projections that rotate their input by the Hadamard transform before quantizing (BitNet v2's
+    H-BitLinear: [o_proj, down_proj])."""
+    hadamard_block: int | None = None
+    """None: one Hadamard over the whole input (its size must be a power of two); a power of two b:
+    a block-diagonal rotation over consecutive groups of b channels."""
+    activation_schemes_at: int | float = 0
+    """Two-stage training (a4.8, v2): every projection uses int8_absmax before this optimizer step (an
+    integer, 0 = the schemes from the start) or fraction of trainer.max_steps (in (0, 1)), and its
+    activation_schemes from it on."""
+    activation_schemes_optimizer: str = "retain"
+    """Optimizer state at that switch: retain or reset (as schedule.optimizer)."""
+    kv_bits: int | None = None
+    """Quantize attention keys (after RoPE) and values per head and token to this many bits (absmax),
+    in training, evaluation and the KV cache; None keeps them in full precision."""
 
     def __post_init__(self) -> None:
         s = "quant"
@@ -117,11 +136,48 @@ class QuantConfig:
         _positive(s, "norm_eps", self.norm_eps)
         _fraction(s, "weight_lambda", self.weight_lambda)
         _fraction(s, "activation_lambda", self.activation_lambda)
-        for key in ("include", "exclude"):
+        for key in ("include", "exclude", "hadamard"):
             value = getattr(self, key)
             if not isinstance(value, (list, tuple)) or not all(isinstance(p, str) for p in value):
                 raise ConfigError(f"quant.{key}={value!r} must be a list of module-name patterns")
             setattr(self, key, list(value))
+        self._check_activation_schemes()
+
+    def _check_activation_schemes(self) -> None:
+        from bitnet_train.quant.schemes import KNOWN, is_known_scheme
+
+        s = "quant"
+        if not isinstance(self.activation_schemes, Mapping):
+            raise ConfigError(f"quant.activation_schemes={self.activation_schemes!r} must be a mapping "
+                              "{projection pattern: scheme}, e.g. {o_proj: int8_absmax_top50}")
+        self.activation_schemes = {str(k): v for k, v in self.activation_schemes.items()}
+        for pattern, scheme in self.activation_schemes.items():
+            if not is_known_scheme(scheme):
+                raise ConfigError(f"quant.activation_schemes.{pattern}={scheme!r} is not a scheme; choose one of {KNOWN}")
+        block = self.hadamard_block
+        if block is not None and (isinstance(block, bool) or not isinstance(block, int) or block < 2
+                                  or block & (block - 1)):
+            raise ConfigError(f"quant.hadamard_block={block!r} must be null (the whole input) or a power of two >= 2")
+        at = self.activation_schemes_at
+        if isinstance(at, bool) or not isinstance(at, (int, float)) or at < 0 or (
+                isinstance(at, float) and not (0.0 < at < 1.0 or at == 0)):
+            raise ConfigError(f"quant.activation_schemes_at={at!r} must be a step (integer >= 0) or a fraction of "
+                              "the run in (0, 1)")
+        if isinstance(at, float) and at == 0:
+            self.activation_schemes_at = 0
+        _choice(s, "activation_schemes_optimizer", self.activation_schemes_optimizer, ("retain", "reset"))
+        if self.activation_schemes_at != 0 and all(v == "int8_absmax" for v in self.activation_schemes.values()):
+            raise ConfigError(f"quant.activation_schemes_at={at} switches to quant.activation_schemes, but those are all "
+                              "int8_absmax (nothing would change); use quant=a48 or quant=v2_a4, or "
+                              "quant.activation_schemes_at=0")
+        kv = self.kv_bits
+        if kv is not None and (isinstance(kv, bool) or not isinstance(kv, int) or not 2 <= kv <= 8):
+            raise ConfigError(f"quant.kv_bits={kv!r} must be null (full precision) or an integer from 2 to 8")
+
+    def activation_stage_step(self, total_steps: int) -> int:
+        """First optimizer step (0-based) that uses activation_schemes (two-stage training)."""
+        at = self.activation_schemes_at
+        return int(round(at * total_steps)) if isinstance(at, float) else int(at)
 
 
 @dataclass

@@ -4,7 +4,7 @@ Every user mistake that can be found before compute (settings, data files, token
 vocabulary, checkpoint to resume, weights to start from, schedule) is found here first and raised
 as a one-line ConfigError. `init_from` (models/init_from.py) starts from existing 16-bit weights
 and takes the architecture from them; `schedule` (schedules/) adds the phase-in and transition
-callbacks.
+callbacks, and quant.activation_schemes_at the 8-bit-then-low-bit activation switch (a4.8, v2).
 Outputs go to `out_dir` (Hydra's run folder): checkpoints/last.ckpt, logs/, metrics.json.
 """
 
@@ -22,12 +22,16 @@ import lightning as L
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
 from bitnet_train.config import (ConfigError, DataConfig, ModelConfig, OptimConfig, QuantConfig, ScheduleConfig,
                                  from_mapping, to_dict)
 from bitnet_train.data import CausalLMDataModule
+from bitnet_train.lit.callbacks.activation_stage import build_activation_stage_callbacks
 from bitnet_train.lit.callbacks.phase_in import build_schedule_callbacks
+from bitnet_train.dist.checkpoint import check_resumable, newest_resumable, remove_requeue_checkpoints
+from bitnet_train.lit.callbacks import SlurmRequeue
 from bitnet_train.lit.checkpoint_io import AtomicCheckpointIO, load_checkpoint_file
 from bitnet_train.lit.loggers import build_loggers
 from bitnet_train.lit.pretrain import PretrainModule
@@ -47,8 +51,16 @@ def resolve_vocab(model: ModelConfig, tokenizer_vocab: int, tokenizer_name: str)
     return model
 
 
-def check_resume(ckpt_path: str, module: PretrainModule) -> None:
-    """Fail early, in one line, if the checkpoint is unreadable or holds another model."""
+def check_resume(ckpt_path: str, module: PretrainModule, strategy: Any = None) -> None:
+    """Fail early, in one line, if the checkpoint is unreadable, holds another model or needs another strategy.
+
+    "last" and "hpc" are Lightning's own names (the newest last.ckpt, Slurm's requeue checkpoint).
+    Sharded folders (FSDP2, DeepSpeed) are checked for kind here and for content when loaded.
+    """
+    if ckpt_path in ("last", "hpc"):
+        return
+    if check_resumable(ckpt_path, strategy) != "file":
+        return
     state = load_checkpoint_file(ckpt_path)["state_dict"]
     ours = module.state_dict()
     for key, tensor in ours.items():
@@ -120,6 +132,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.trainer.get("max_steps", -1) in (None, -1) and not cfg.trainer.get("fast_dev_run"):
         raise ConfigError("trainer.max_steps must be set (training is step-based): e.g. trainer.max_steps=400")
 
+    strategy = {"strategy": instantiate_checked(cfg.strategy)} if cfg.get("strategy") else {}  # conf/strategy/
+
     L.seed_everything(cfg.seed, workers=True)
     datamodule = CausalLMDataModule(data_cfg)
     datamodule.prepare_data()
@@ -132,22 +146,37 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     resuming = bool(cfg.get("ckpt_path"))
     module = PretrainModule(to_dict(model_cfg), to_dict(quant_cfg), to_dict(optim_cfg), compile=cfg.get("compile", False),
                             init_state=init.state if init is not None and not resuming else None)
-    if resuming:
-        check_resume(cfg.ckpt_path, module)
-    log.info("model: %.2fM parameters (%d linears quantized)", module.model.num_parameters() / 1e6,
-             len(module.quantized_names))
+    num_parameters = module.model.num_parameters()  # before any sharding strategy partitions them
+    log.info("model: %.2fM parameters (%d linears quantized)", num_parameters / 1e6, len(module.quantized_names))
 
     callbacks = [instantiate_checked(spec) for spec in (cfg.get("callbacks") or {}).values() if spec is not None]
     max_steps = cfg.trainer.get("max_steps", -1)
-    callbacks += build_schedule_callbacks(schedule_cfg, module.model, max_steps if max_steps and max_steps > 0 else 1)
+    total = max_steps if max_steps and max_steps > 0 else 1
+    callbacks += build_schedule_callbacks(schedule_cfg, module.model, total)
+    callbacks += build_activation_stage_callbacks(quant_cfg, module.model, total)  # a4.8 / v2: 8-bit first
+    requeue = next((c for c in callbacks if isinstance(c, SlurmRequeue)), None)
+    plugins: list[Any] = [AtomicCheckpointIO()]
+    if requeue is not None and requeue.active():  # it replaces Lightning's SIGUSR1 handler (see its docstring)
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     loggers = build_loggers(cfg.get("logger"))
     for logger in loggers:  # beside the module's hyperparameters: for grouping runs in dashboards
         logger.log_hyperparams({"schedule": to_dict(schedule_cfg), "init_from": init.path if init else None})
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False,
-                                     callbacks=callbacks, plugins=[AtomicCheckpointIO()])
+                                     callbacks=callbacks, plugins=plugins, **strategy)
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path == "auto":  # requeued jobs: continue from this run folder's newest checkpoint, if any
+        ckpt_path = newest_resumable(out_dir)
+        log.info("ckpt_path=auto: %s", ckpt_path or "no checkpoint in the run folder yet, starting fresh")
+    if ckpt_path:
+        check_resume(ckpt_path, module, trainer.strategy)
     started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     train_seconds = time.perf_counter() - started
+    if requeue is not None and requeue.requeued:  # preempted: the job restarts from its checkpoint
+        log.info("requeued at step %d; the restarted job continues from its checkpoint", trainer.global_step)
+        _end_distributed()
+        return {"steps": int(trainer.global_step), "requeued": True}
+    remove_requeue_checkpoints(trainer)  # else a Slurm job would validate the requeue checkpoint's weights
     train_loss = trainer.callback_metrics.get("train/loss")
     results = trainer.validate(module, datamodule=datamodule, verbose=False)
     val_loss = float(results[0]["val/loss"]) if results else float("nan")
@@ -160,10 +189,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "val_perplexity": math.exp(val_loss) if math.isfinite(val_loss) else None,
         "val_unigram_perplexity": datamodule.unigram_perplexity(),
         "train_seconds": round(train_seconds, 2),
-        "parameters": module.model.num_parameters(),
+        "parameters": num_parameters,
         "quantized_linears": len(module.quantized_names),
         "data": datamodule.stats(),
-        "resumed_from": cfg.get("ckpt_path"),
+        "resumed_from": ckpt_path,
         "init_from": init.path if init is not None else None,
         "schedule": to_dict(schedule_cfg) if schedule_cfg.active else None,
     }
@@ -172,6 +201,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         write_json_atomic(metrics, out_dir / "metrics.json")
         OmegaConf.save(cfg, out_dir / "config_resolved.yaml", resolve=True)
         log.info("metrics: %s", json.dumps({k: v for k, v in metrics.items() if k != "data"}))
+    _end_distributed()
+    return metrics
+
+
+def _end_distributed() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
-    return metrics

@@ -7,6 +7,8 @@ weight-decay switch (schedules/lr.py). Validation reports token-weighted loss an
 Checkpoints also carry tokens seen and the RNG states, so a resumed run continues exactly.
 `init_state` (models/init_from.py) starts from existing weights: the plain decoder's weights are
 loaded before the quantization swap, the input norms the source has after it (new ones stay at 1).
+Multi-process: the logged training loss is the mean over ranks (the global batch's loss); under
+FSDP2 `configure_model` shards the decoder (dist/fsdp2.py).
 """
 
 from __future__ import annotations
@@ -48,6 +50,16 @@ class PretrainModule(L.LightningModule):
         self.val_loss = MeanMetric()
         self.tokens_seen = 0
 
+    def configure_model(self) -> None:
+        """Shard the decoder with FSDP2 under FSDP2Strategy (the only strategy that builds a device mesh)."""
+        if self.device_mesh is None:
+            return
+        from bitnet_train.dist.fsdp2 import shard_decoder
+
+        strategy = self.trainer.strategy
+        shard_decoder(self.model, self.device_mesh["data_parallel"],
+                      reshard_after_forward=getattr(strategy, "reshard_after_forward", True))
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.model(input_ids, attention_mask)
 
@@ -58,7 +70,7 @@ class PretrainModule(L.LightningModule):
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)
         self.tokens_seen += batch["input_ids"].numel() * self.trainer.world_size
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)  # the global batch's loss
         self.log("train/tokens", float(self.tokens_seen))
         return loss
 

@@ -9,6 +9,7 @@ import torch
 from hydra.utils import instantiate
 
 from bitnet_train.config import DataConfig, ModelConfig, OptimConfig, QuantConfig, ScheduleConfig, from_mapping, to_dict
+from bitnet_train.lit.callbacks.activation_stage import build_activation_stage_callbacks
 from bitnet_train.lit.callbacks.phase_in import build_schedule_callbacks
 from bitnet_train.lit.loggers import build_loggers
 from bitnet_train.lit.pretrain import PretrainModule
@@ -46,6 +47,8 @@ def test_experiment_instantiates(name, tmp_path, tiny_hf_llama):
     assert len(module.quantized_names) == (7 * model.num_hidden_layers if quant.enabled else 0)
     schedule_callbacks = build_schedule_callbacks(schedule, module.model, cfg.trainer.max_steps)
     assert len(schedule_callbacks) == (2 if schedule.active else 0)
+    schedule_callbacks += build_activation_stage_callbacks(quant, module.model, cfg.trainer.max_steps)
+    assert len(schedule_callbacks) == (2 if schedule.active else 0) + (2 if quant.activation_schemes_at else 0)
 
     trainer_cfg = cfg.trainer
     if trainer_cfg.accelerator == "gpu" and not torch.cuda.is_available():
