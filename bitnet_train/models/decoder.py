@@ -101,7 +101,8 @@ class LayerKVCache:
         self.keys, self.key_scales = self._store(self.keys, self.key_scales, k, end)
         self.values, self.value_scales = self._store(self.values, self.value_scales, v, end)
         self.length = end
-        return self._read(self.keys, self.key_scales, end, k.dtype), self._read(self.values, self.value_scales, end, v.dtype)
+        return (self._read(self.keys, self.key_scales, end, k.dtype),
+                self._read(self.values, self.value_scales, end, v.dtype))
 
 
 class KVCache:
