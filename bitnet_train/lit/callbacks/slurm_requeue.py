@@ -3,11 +3,11 @@
 Lightning's Slurm support (SLURMEnvironment, auto-requeue) saves `hpc_ckpt_N.ckpt` into the run
 folder from inside the SIGUSR1 handler and runs `scontrol requeue`; the restarted job resumes from
 that file. With several processes the handler's checkpoint (which ends in a barrier) can interrupt
-one rank while another waits in a gradient all-reduce, and both wait forever: seen here with 2
-Slurm tasks. This callback keeps Lightning's files and resume path but moves the work to a safe
-point, as Lightning itself handles SIGTERM: the handler only sets a flag; after every optimizer step
-the ranks all-reduce it, and if any rank was signalled all save the same checkpoint together, rank
-0 requeues the job, and training stops. `run.train` then skips the end-of-run work.
+one rank while another waits in a gradient all-reduce, and both wait forever (it happened with 2
+CPU tasks under Slurm). This callback keeps Lightning's files and resume path but moves the work to
+a safe point, as Lightning itself handles SIGTERM: the handler only sets a flag; after every
+optimizer step the ranks all-reduce it, and if any rank was signalled all save the same checkpoint
+together, rank 0 requeues the job, and training stops. `run.train` then skips the end-of-run work.
 (With it, run.train turns Lightning's own SIGUSR1 handler off: SLURMEnvironment(auto_requeue=False).)
 """
 
