@@ -200,6 +200,7 @@ class DistillationRun:
 
         # the teacher and the stage-1 student, before any data is read
         self.teacher = load_teacher(self.distill)
+        self._local_tokenizer()
         self.student_cfg = student_model_config(self.teacher, self.distill, settings.model)
         self.student = self.build(settings.optim2)
         if self.kd.attention_weight > 0 and (self.kd.steps is None or self.kd.steps > 0):
@@ -227,6 +228,28 @@ class DistillationRun:
             "teacher": self.teacher.source, "student_parameters": self.student.model.num_parameters(),
             "quantized_linears": len(self.student.quantized_names),
             "planned_steps": {"stage2": self.steps2, "stage3": self.steps3}, "resumed_from": settings.resume_path}
+
+    def _local_tokenizer(self) -> None:
+        """A hub teacher's tokenizer, saved once into the run folder: the data module reads local folders only."""
+        teacher, settings = self.teacher, self.settings
+        if Path(teacher.source).is_dir():
+            return
+        uses = [d for d in (settings.data2, settings.data3) if d.tokenizer == self.distill.teacher]
+        if not uses:
+            return
+        from transformers import AutoTokenizer
+
+        folder = self.out_dir / "teacher_tokenizer"
+        if not folder.is_dir():
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(teacher.source,
+                                                          trust_remote_code=self.distill.trust_remote_code)
+            except Exception as err:  # noqa: BLE001 - transformers raises many types
+                raise ConfigError(f"the tokenizer of distill.teacher={teacher.source!r} could not be loaded "
+                                  f"({type(err).__name__}); set data.tokenizer to a local tokenizer folder") from None
+            tokenizer.save_pretrained(folder)
+        for data in uses:
+            data.tokenizer = str(folder)
 
     def build(self, optim: OptimConfig) -> PretrainModule:
         return PretrainModule(to_dict(self.student_cfg), to_dict(self.settings.quant), to_dict(optim),
