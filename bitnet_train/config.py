@@ -108,6 +108,25 @@ class QuantConfig:
     """Phase-in strength for weights: 0 full precision, 1 fully quantized."""
     activation_lambda: float = 1.0
     """Phase-in strength for activations."""
+    activation_schemes: dict[str, str] = field(default_factory=dict)
+    """Per-projection activation quantizers (BitNet a4.8 / v2, SPEC section 2): {pattern: scheme}, the
+    first pattern (fnmatch on the module name or its leaf, e.g. o_proj) that matches wins; projections
+    that match none use int8_absmax. Schemes: int8_absmax, int4_absmean, int8_absmax_topNN."""
+    hadamard: list[str] = field(default_factory=list)
+    """Projections that rotate their input by the Hadamard transform before quantizing (BitNet v2's
+    H-BitLinear: [o_proj, down_proj])."""
+    hadamard_block: int | None = None
+    """None: one Hadamard over the whole input (its size must be a power of two); a power of two b:
+    a block-diagonal rotation over consecutive groups of b channels."""
+    activation_schemes_at: int | float = 0
+    """Two-stage training (a4.8, v2): every projection uses int8_absmax before this optimizer step (an
+    integer, 0 = the schemes from the start) or fraction of trainer.max_steps (in (0, 1)), and its
+    activation_schemes from it on."""
+    activation_schemes_optimizer: str = "retain"
+    """Optimizer state at that switch: retain or reset (as schedule.optimizer)."""
+    kv_bits: int | None = None
+    """Quantize attention keys (after RoPE) and values per head and token to this many bits (absmax),
+    in training, evaluation and the KV cache; None keeps them in full precision."""
 
     def __post_init__(self) -> None:
         s = "quant"
@@ -117,11 +136,48 @@ class QuantConfig:
         _positive(s, "norm_eps", self.norm_eps)
         _fraction(s, "weight_lambda", self.weight_lambda)
         _fraction(s, "activation_lambda", self.activation_lambda)
-        for key in ("include", "exclude"):
+        for key in ("include", "exclude", "hadamard"):
             value = getattr(self, key)
             if not isinstance(value, (list, tuple)) or not all(isinstance(p, str) for p in value):
                 raise ConfigError(f"quant.{key}={value!r} must be a list of module-name patterns")
             setattr(self, key, list(value))
+        self._check_activation_schemes()
+
+    def _check_activation_schemes(self) -> None:
+        from bitnet_train.quant.schemes import KNOWN, is_known_scheme
+
+        s = "quant"
+        if not isinstance(self.activation_schemes, Mapping):
+            raise ConfigError(f"quant.activation_schemes={self.activation_schemes!r} must be a mapping "
+                              "{projection pattern: scheme}, e.g. {o_proj: int8_absmax_top50}")
+        self.activation_schemes = {str(k): v for k, v in self.activation_schemes.items()}
+        for pattern, scheme in self.activation_schemes.items():
+            if not is_known_scheme(scheme):
+                raise ConfigError(f"quant.activation_schemes.{pattern}={scheme!r} is not a scheme; choose one of {KNOWN}")
+        block = self.hadamard_block
+        if block is not None and (isinstance(block, bool) or not isinstance(block, int) or block < 2
+                                  or block & (block - 1)):
+            raise ConfigError(f"quant.hadamard_block={block!r} must be null (the whole input) or a power of two >= 2")
+        at = self.activation_schemes_at
+        if isinstance(at, bool) or not isinstance(at, (int, float)) or at < 0 or (
+                isinstance(at, float) and not (0.0 < at < 1.0 or at == 0)):
+            raise ConfigError(f"quant.activation_schemes_at={at!r} must be a step (integer >= 0) or a fraction of "
+                              "the run in (0, 1)")
+        if isinstance(at, float) and at == 0:
+            self.activation_schemes_at = 0
+        _choice(s, "activation_schemes_optimizer", self.activation_schemes_optimizer, ("retain", "reset"))
+        if self.activation_schemes_at != 0 and all(v == "int8_absmax" for v in self.activation_schemes.values()):
+            raise ConfigError(f"quant.activation_schemes_at={at} switches to quant.activation_schemes, but those are all "
+                              "int8_absmax (nothing would change); use quant=a48 or quant=v2_a4, or "
+                              "quant.activation_schemes_at=0")
+        kv = self.kv_bits
+        if kv is not None and (isinstance(kv, bool) or not isinstance(kv, int) or not 2 <= kv <= 8):
+            raise ConfigError(f"quant.kv_bits={kv!r} must be null (full precision) or an integer from 2 to 8")
+
+    def activation_stage_step(self, total_steps: int) -> int:
+        """First optimizer step (0-based) that uses activation_schemes (two-stage training)."""
+        at = self.activation_schemes_at
+        return int(round(at * total_steps)) if isinstance(at, float) else int(at)
 
 
 @dataclass
@@ -215,6 +271,129 @@ class DataConfig:
         _choice(s, "layout", self.layout, ("text", "prompt_answer"))
         if self.layout == "prompt_answer" and self.streaming:
             raise ConfigError("data.layout=prompt_answer does not stream; set data.streaming=false")
+
+
+RAMP_SHAPES = ("step", "linear", "exponential", "sigmoid", "cosine", "staircase")
+LAYER_PLANS = ("all", "bottom_up", "top_down", "explicit", "by_type")
+
+
+def _int_at_least(section: str, key: str, value: Any, low: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ConfigError(f"{section}.{key}={value!r} must be an integer >= {low}")
+
+
+@dataclass
+class RampConfig:
+    """How one quantizer's strength (lambda) rises from 0 to 1 once a layer's ramp starts (schedules/ramps.py)."""
+
+    shape: str = "step"
+    """step (abrupt), linear, exponential 1-(1-t)^k, sigmoid (rescaled to run 0 -> 1), cosine, staircase."""
+    length: int = 0
+    """Steps from the ramp's first step to lambda 1; ignored by `step`, >= 1 for every other shape."""
+    k: float = 5.0
+    """Steepness of exponential and sigmoid."""
+    stairs: int = 4
+    """staircase: lambda takes the values 1/stairs, 2/stairs, ..., 1 in equal spans of the ramp."""
+
+    def section(self, name: str) -> "RampConfig":
+        """Validate, naming errors as `name.key` (e.g. schedule.weight.length)."""
+        _choice(name, "shape", self.shape, RAMP_SHAPES)
+        _int_at_least(name, "length", self.length, 0)
+        if self.shape != "step" and self.length < 1:
+            raise ConfigError(f"{name}.length={self.length} must be >= 1 for shape {self.shape!r} "
+                              f"(or use {name}.shape=step for an abrupt switch)")
+        _positive(name, "k", self.k)
+        _int_at_least(name, "stairs", self.stairs, 1)
+        return self
+
+
+@dataclass
+class LayerPlanConfig:
+    """Which layers start their ramps when (schedules/layerwise.py): groups in order, `offset` steps apart."""
+
+    plan: str = "all"
+    """all (every layer at once), bottom_up / top_down (by decoder layer index), explicit (groups of
+    module-name patterns in `order`), by_type (groups of projection names, e.g. [[q_proj, k_proj], o_proj])."""
+    order: list = field(default_factory=list)
+    """explicit / by_type: the groups, first to last; each a pattern or a list of patterns (fnmatch).
+    by_type with an empty order uses q/k/v, o, gate/up, down (the order of the forward pass)."""
+    offset: int = 0
+    """Steps between the ramp starts of consecutive groups."""
+
+    def section(self, name: str) -> "LayerPlanConfig":
+        _choice(name, "plan", self.plan, LAYER_PLANS)
+        _int_at_least(name, "offset", self.offset, 0)
+        if not isinstance(self.order, (list, tuple)):
+            raise ConfigError(f"{name}.order={self.order!r} must be a list of groups (patterns or lists of patterns)")
+        groups = []
+        for group in self.order:
+            patterns = [group] if isinstance(group, str) else group
+            if not isinstance(patterns, (list, tuple)) or not patterns or not all(isinstance(p, str) for p in patterns):
+                raise ConfigError(f"{name}.order entry {group!r} must be a module-name pattern or a list of them")
+            groups.append(list(patterns))
+        self.order = groups
+        if self.plan == "explicit" and not self.order:
+            raise ConfigError(f"{name}.order is empty; plan=explicit needs the groups, e.g. "
+                              f"{name}.order='[model.layers.0.*,model.layers.1.*]'")
+        if self.order and self.plan not in ("explicit", "by_type"):
+            raise ConfigError(f"{name}.order is only used by plan=explicit or plan=by_type (plan={self.plan!r})")
+        return self
+
+
+@dataclass
+class ScheduleConfig:
+    """When quantization starts and how it phases in (SPEC section 3); the default quantizes from step 0.
+
+    Training is 16-bit (every lambda 0) before the transition step `at`; from it on, each layer's
+    weight and activation lambdas follow their ramps, starting at `at + group * layers.offset`.
+    """
+
+    at: int | float = 0
+    """Transition: an integer is an optimizer step (0 = quantized from the start); a number strictly
+    between 0 and 1 is a fraction of trainer.max_steps."""
+    weight: RampConfig = field(default_factory=RampConfig)
+    activation: RampConfig = field(default_factory=RampConfig)
+    layers: LayerPlanConfig = field(default_factory=LayerPlanConfig)
+    optimizer: str = "retain"
+    """Optimizer state at the transition: retain (keep Adam moments) or reset (zero moments and step counters)."""
+    norms: str = "always"
+    """The extra input norms of quant.norm (subln / all_linear): always (part of the architecture from
+    step 0, so the 16-bit stage trains the same network) or at_transition (bypassed until the layer's
+    own ramp starts, so before it the network is exactly the plain decoder, e.g. a loaded HF model)."""
+
+    def __post_init__(self) -> None:
+        s = "schedule"
+        at = self.at
+        if isinstance(at, bool) or not isinstance(at, (int, float)) or at < 0:
+            raise ConfigError(f"{s}.at={at!r} must be a step (integer >= 0) or a fraction of the run in (0, 1)")
+        if isinstance(at, float):
+            if at.is_integer() and at == 0:
+                self.at = 0
+            elif not 0.0 < at < 1.0:
+                raise ConfigError(f"{s}.at={at!r}: a fraction of the run must be in (0, 1); "
+                                  "write an integer for a step number")
+        for key, cls in (("weight", RampConfig), ("activation", RampConfig), ("layers", LayerPlanConfig)):
+            value = getattr(self, key)
+            if isinstance(value, Mapping):
+                value = from_mapping(cls, f"{s}.{key}", value)
+            if not isinstance(value, cls):
+                raise ConfigError(f"{s}.{key}={value!r} must be a mapping of {cls.__name__} keys")
+            setattr(self, key, value.section(f"{s}.{key}"))
+        _choice(s, "optimizer", self.optimizer, ("retain", "reset"))
+        _choice(s, "norms", self.norms, ("always", "at_transition"))
+
+    @property
+    def active(self) -> bool:
+        """False when the schedule changes nothing: quantized from step 0, abrupt, every layer at once."""
+        staggered = self.layers.plan != "all" and self.layers.offset > 0
+        ramps = self.weight.shape != "step" or self.activation.shape != "step"
+        return self.at != 0 or staggered or ramps
+
+    def transition_step(self, total_steps: int) -> int:
+        """The first optimizer step (0-based) that is quantized at all."""
+        if isinstance(self.at, float):
+            return int(round(self.at * total_steps))
+        return int(self.at)
 
 
 T = TypeVar("T")

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+import torch
+
+# Triton kernels are tested on CPU through Triton's interpreter, which triton chooses when it is first
+# imported (by anything: torch's compiler imports it too), so it is switched on here, before any test
+# module loads. Not on CUDA machines: there torch.compile's own Triton kernels must run compiled, and
+# the kernel's GPU test runs the compiled kernel.
+if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
 
 
 @pytest.fixture

@@ -5,6 +5,10 @@ next-token cross-entropy with AdamW: decay on matrices only (not on norms, biase
 warmup then cosine / linear / constant / BitNet two-stage learning rate, and the two-stage
 weight-decay switch (schedules/lr.py). Validation reports token-weighted loss and perplexity.
 Checkpoints also carry tokens seen and the RNG states, so a resumed run continues exactly.
+`init_state` (models/init_from.py) starts from existing weights: the plain decoder's weights are
+loaded before the quantization swap, the input norms the source has after it (new ones stay at 1).
+Multi-process: the logged training loss is the mean over ranks (the global batch's loss); under
+FSDP2 `configure_model` shards the decoder (dist/fsdp2.py).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from torchmetrics.aggregation import MeanMetric
 
 from bitnet_train.config import ModelConfig, OptimConfig, QuantConfig, from_mapping, to_dict
 from bitnet_train.models.decoder import CausalLM
+from bitnet_train.models.init_from import load_base, load_norms
 from bitnet_train.quant.convert import quantize_model
 from bitnet_train.schedules.lr import lr_multiplier, weight_decay_at
 
@@ -29,7 +34,7 @@ class PretrainModule(L.LightningModule):
     """Next-token prediction on packed blocks {"input_ids", "labels"}."""
 
     def __init__(self, model: Mapping[str, Any], quant: Mapping[str, Any], optim: Mapping[str, Any],
-                 compile: bool = False) -> None:
+                 compile: bool = False, init_state: Mapping[str, torch.Tensor] | None = None) -> None:
         super().__init__()
         self.model_cfg = from_mapping(ModelConfig, "model", model)
         self.quant_cfg = from_mapping(QuantConfig, "quant", quant)
@@ -37,11 +42,23 @@ class PretrainModule(L.LightningModule):
         self.save_hyperparameters({"model": to_dict(self.model_cfg), "quant": to_dict(self.quant_cfg),
                                    "optim": to_dict(self.optim_cfg), "compile": compile})
         self.model = CausalLM(self.model_cfg)
+        pending = load_base(self.model, dict(init_state)) if init_state is not None else {}
         self.quantized_names = quantize_model(self.model, self.quant_cfg)
+        self.new_norms = load_norms(self.model, pending) if init_state is not None else []
         if compile:
             self.model.compile()  # in place: parameter names (and checkpoints) stay the same
         self.val_loss = MeanMetric()
         self.tokens_seen = 0
+
+    def configure_model(self) -> None:
+        """Shard the decoder with FSDP2 under FSDP2Strategy (the only strategy that builds a device mesh)."""
+        if self.device_mesh is None:
+            return
+        from bitnet_train.dist.fsdp2 import shard_decoder
+
+        strategy = self.trainer.strategy
+        shard_decoder(self.model, self.device_mesh["data_parallel"],
+                      reshard_after_forward=getattr(strategy, "reshard_after_forward", True))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.model(input_ids, attention_mask)
@@ -53,7 +70,7 @@ class PretrainModule(L.LightningModule):
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)
         self.tokens_seen += batch["input_ids"].numel() * self.trainer.world_size
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)  # the global batch's loss
         self.log("train/tokens", float(self.tokens_seen))
         return loss
 

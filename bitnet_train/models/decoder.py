@@ -10,6 +10,18 @@ Module names follow transformers' LlamaForCausalLM (model.layers.N.self_attn.q_p
 checkpoints map by name (models/hf.py). The model holds plain nn.Linear layers; quantization is
 a later module swap (quant/convert.py), and BitNet's sub-layer norms (attn_sub_norm before
 o_proj, ffn_sub_norm before down_proj) are the input norms of those BitLinear layers.
+
+Generation passes a KVCache: the new tokens take positions after the cached ones, each attention
+layer appends its keys and values to the cache and attends over all of them. Without a cache
+(training, evaluation) the computation is exactly the cache-free one.
+
+Low-bit keys and values (BitNet a4.8's 4-bit / 3-bit KV cache): `set_kv_bits(b)` quantizes every
+key (after RoPE) and value per head and token, symmetric absmax over the head dimension
+(quant/functional.py's per-token quantizer at b bits: codes in [-2^(b-1), 2^(b-1) - 1], scale
+(2^(b-1) - 1) / max|x|). Without a cache it is applied inside attention (with a straight-through
+gradient when training), so validation perplexity measures its cost; a KV cache stores the integer
+codes (one int8 each) and one fp32 scale per head and token, and returns them dequantized, which is
+the same computation, so cached decoding equals the cache-free forward.
 """
 
 from __future__ import annotations
@@ -19,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bitnet_train.config import ModelConfig
+from bitnet_train.quant.functional import activation_codes, quantize_activation
 from bitnet_train.quant.norm import RMSNorm
 
 
@@ -47,6 +60,69 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + rotate_half(x) * sin
 
 
+class LayerKVCache:
+    """Keys and values of one attention layer, [B, H_kv, max_length, D] buffers filled from the left.
+
+    `update` stores the new positions and returns every position seen so far. With `bits` it keeps
+    integer codes (int8) and per-head, per-token scales instead, and returns them dequantized."""
+
+    def __init__(self, max_length: int, bits: int | None = None) -> None:
+        self.max_length = max_length
+        self.bits = bits
+        self.length = 0
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+        self.key_scales: torch.Tensor | None = None
+        self.value_scales: torch.Tensor | None = None
+
+    def _store(self, buf: torch.Tensor | None, scales: torch.Tensor | None, x: torch.Tensor, end: int):
+        b, h, s, d = x.shape
+        if buf is None:
+            buf = x.new_empty(b, h, self.max_length, d, dtype=torch.int8 if self.bits else x.dtype)
+            if self.bits:
+                scales = x.new_empty(b, h, self.max_length, 1, dtype=torch.float32)
+        if self.bits:
+            codes, scale = activation_codes(x, self.bits)
+            buf[:, :, self.length:end] = codes
+            scales[:, :, self.length:end] = scale
+        else:
+            buf[:, :, self.length:end] = x
+        return buf, scales
+
+    def _read(self, buf: torch.Tensor, scales: torch.Tensor | None, end: int, dtype: torch.dtype) -> torch.Tensor:
+        if not self.bits:
+            return buf[:, :, :end]
+        return buf[:, :, :end].float().div_(scales[:, :, :end]).to(dtype)
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.length + k.shape[2]
+        if end > self.max_length:
+            raise ValueError(f"KV cache holds {self.max_length} positions; {end} were requested")
+        self.keys, self.key_scales = self._store(self.keys, self.key_scales, k, end)
+        self.values, self.value_scales = self._store(self.values, self.value_scales, v, end)
+        self.length = end
+        return (self._read(self.keys, self.key_scales, end, k.dtype),
+                self._read(self.values, self.value_scales, end, v.dtype))
+
+
+class KVCache:
+    """Per-layer key/value caches for incremental decoding; `length` is the number of cached positions."""
+
+    def __init__(self, num_layers: int, max_length: int, bits: int | None = None) -> None:
+        self.layers = [LayerKVCache(max_length, bits) for _ in range(num_layers)]
+        self.max_length = max_length
+        self.bits = bits
+
+    @property
+    def length(self) -> int:
+        return self.layers[0].length
+
+
+def _cached_causal_mask(past: int, s: int, device: torch.device) -> torch.Tensor:
+    """[S, past + S] boolean mask: new query i sees every cached position and new positions <= i."""
+    return torch.ones(s, past + s, dtype=torch.bool, device=device).tril(diagonal=past)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -60,9 +136,11 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.num_heads * hd, d, bias=cfg.attention_out_bias)
         self.q_norm = RMSNorm(hd, cfg.rms_norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(hd, cfg.rms_norm_eps) if cfg.qk_norm else None
+        self.kv_bits: int | None = None
+        """Quantize keys (after RoPE) and values to this many bits per head and token (None: off)."""
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+                attn_mask: torch.Tensor | None = None, cache: LayerKVCache | None = None) -> torch.Tensor:
         b, s, _ = x.shape
         q = self.q_proj(x).view(b, s, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(b, s, self.num_kv_heads, self.head_dim)
@@ -72,6 +150,18 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         gqa = self.num_kv_heads != self.num_heads
+        if cache is None and self.kv_bits:
+            k, v = quantize_activation(k, self.kv_bits), quantize_activation(v, self.kv_bits)
+        if cache is not None:
+            if cache.bits != self.kv_bits:
+                raise ValueError(f"KV cache quantizes to {cache.bits} bits, attention to {self.kv_bits}: build the "
+                                 "cache with model.new_cache after model.set_kv_bits")
+            past = cache.length
+            k, v = cache.update(k, v)
+            if past > 0:  # with nothing cached, the plain causal path below is the same computation
+                mask = None if s == 1 else _cached_causal_mask(past, s, x.device)
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+                return self.o_proj(out.transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim))
         if attn_mask is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         else:
@@ -102,8 +192,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, attn_mask=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn_mask)
+    def forward(self, x, cos, sin, attn_mask=None, cache: LayerKVCache | None = None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn_mask, cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -115,13 +205,19 @@ class DecoderModel(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> torch.Tensor:
         x = self.embed_tokens(input_ids)
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
+        past = 0
+        if cache is not None:
+            if attention_mask is not None:
+                raise ValueError("a KV cache is used with unpadded batches only (attention_mask=None)")
+            past = cache.length
+        positions = torch.arange(past, past + input_ids.shape[1], device=input_ids.device)[None]
         cos, sin = self.rotary_emb(positions, x.dtype)
         attn_mask = _causal_padding_mask(attention_mask) if attention_mask is not None else None
-        for layer in self.layers:
-            x = layer(x, cos, sin, attn_mask)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, attn_mask, None if cache is None else cache.layers[i])
         return self.norm(x)
 
 
@@ -162,8 +258,24 @@ class CausalLM(nn.Module):
             elif isinstance(module, RMSNorm):
                 module.weight.fill_(1.0)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.lm_head(self.model(input_ids, attention_mask))
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> torch.Tensor:
+        return self.lm_head(self.model(input_ids, attention_mask, cache))
+
+    def new_cache(self, max_length: int) -> KVCache:
+        """An empty KV cache for generating up to `max_length` positions (quantized as set_kv_bits says)."""
+        return KVCache(len(self.model.layers), max_length, self.kv_bits)
+
+    @property
+    def kv_bits(self) -> int | None:
+        return self.model.layers[0].self_attn.kv_bits if len(self.model.layers) else None
+
+    def set_kv_bits(self, bits: int | None) -> None:
+        """Quantize attention keys and values to `bits` (per head and token, absmax), or None for full precision."""
+        if bits is not None and not (isinstance(bits, int) and 2 <= bits <= 8):
+            raise ValueError(f"kv bits must be None or an integer from 2 to 8, got {bits!r}")
+        for layer in self.model.layers:
+            layer.self_attn.kv_bits = bits
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         params = {id(p): p for p in self.parameters()}

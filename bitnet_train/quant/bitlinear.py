@@ -6,8 +6,18 @@ forward(x) = linear(Q_a(norm(x)), Q_w(W)) + b, where
         ("An Extra RMSNorm is All You Need") are expressed;
   Q_w   is the per-matrix ternary quantizer (absmean or absmedian scale) and Q_a the per-token
         absmax quantizer, both with straight-through gradients (quant/functional.py);
-  lambdas phase each quantizer in: 0 is full precision, 1 fully quantized.
+  lambdas phase each quantizer in: 0 is full precision, 1 fully quantized; with both at 0 the
+        quantizers are skipped, so a layer before its phase-in costs what an nn.Linear costs.
+`input_norm_active = False` bypasses the input norm (schedules that add the norms at the
+transition use it: before, the layer computes exactly the nn.Linear it replaced).
 The latent weight stays in full precision and is what the optimizer updates.
+
+BitNet a4.8 / v2 (SPEC section 2): `activation_scheme` names the layer's activation quantizer
+(quant/schemes.py: int8_absmax, int4_absmean, int8_absmax_topNN; None is the b1.58 absmax at
+`activation_bits`); the export records it and the runtime runs the same one. `scheme_active = False`
+is the 8-bit first stage of two-stage training (int8_absmax whatever the scheme). `hadamard_block`
+makes it BitNet v2's H-BitLinear: after the input norm the activation is rotated by the normalized
+Hadamard transform (quant/hadamard.py; 0 = no rotation), as architecture, at every lambda.
 """
 
 from __future__ import annotations
@@ -15,8 +25,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.distributed.tensor import DTensor
 
-from bitnet_train.quant.functional import quantize_activation, quantize_weight
+from bitnet_train.quant.functional import quantize_activation, quantize_activation_scheme, quantize_weight
+from bitnet_train.quant.hadamard import hadamard_transform
 from bitnet_train.quant.norm import RMSNorm
 
 
@@ -35,15 +47,21 @@ class BitLinear(nn.Linear):
         norm_eps: float = 1e-5,
         weight_lambda: float = 1.0,
         activation_lambda: float = 1.0,
+        activation_scheme: str | None = None,
+        hadamard_block: int = 0,
         device=None,
         dtype=None,
     ) -> None:
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.weight_scale = weight_scale
         self.activation_bits = activation_bits
+        self.activation_scheme = activation_scheme
+        self.scheme_active = True
+        self.hadamard_block = int(hadamard_block)
         self.weight_lambda = float(weight_lambda)
         self.activation_lambda = float(activation_lambda)
         self.input_norm = RMSNorm(in_features, eps=norm_eps, device=device, dtype=dtype) if input_norm else None
+        self.input_norm_active = True
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, **kwargs) -> "BitLinear":
@@ -63,16 +81,53 @@ class BitLinear(nn.Linear):
             self.activation_lambda = float(activation)
 
     def quantized_weight(self) -> torch.Tensor:
-        """The weight as the forward pass uses it (ternary times gamma at lambda 1)."""
-        return quantize_weight(self.weight, self.weight_scale, self.weight_lambda)
+        """The weight as the forward pass uses it (ternary times gamma at lambda 1).
+
+        gamma is a statistic of the whole matrix. Under FSDP2 and ZeRO-3 the forward pass sees the
+        gathered weight; a sharded DTensor (outside forward) is gathered first, and a ZeRO-3
+        placeholder is refused, so a scale is never computed on a shard (SPEC section 7).
+        """
+        w = self.weight
+        if isinstance(w, DTensor):
+            w = w.full_tensor()
+        if w.shape != (self.out_features, self.in_features):
+            raise RuntimeError(
+                f"BitLinear({self.in_features}, {self.out_features}) sees a weight of shape {tuple(w.shape)}: a shard "
+                "or a ZeRO-3 placeholder. Its scale needs the whole matrix: gather it first "
+                "(bitnet_train.dist.gather.gathered, or call the layer inside the model's forward)")
+        return quantize_weight(w, self.weight_scale, self.weight_lambda)
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Input norm, then the Hadamard rotation (H-BitLinear): what the quantizer sees."""
+        if self.input_norm is not None and self.input_norm_active:
+            x = self.input_norm(x)
+        if self.hadamard_block:
+            x = hadamard_transform(x, self.hadamard_block)
+        return x
+
+    def _quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        if self.activation_lambda == 0:
+            return x
+        if self.activation_scheme is None:
+            return quantize_activation(x, self.activation_bits, self.activation_lambda)
+        scheme = self.activation_scheme if self.scheme_active else "int8_absmax"
+        return quantize_activation_scheme(x, scheme, self.activation_lambda)
+
+    def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The activation the quantized weight multiplies (for measurements such as activation sparsity)."""
+        return self._quantize_input(self._prepare(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.input_norm is not None:
-            x = self.input_norm(x)
-        x = quantize_activation(x, self.activation_bits, self.activation_lambda)
-        return F.linear(x, self.quantized_weight(), self.bias)
+        x = self._prepare(x)
+        if self.weight_lambda == 0 and self.activation_lambda == 0:
+            return F.linear(x, self.weight, self.bias)
+        return F.linear(self._quantize_input(x), self.quantized_weight(), self.bias)
 
     def extra_repr(self) -> str:
         norm = f", input_norm(eps={self.input_norm.eps})" if self.input_norm is not None else ""
-        return (f"{super().extra_repr()}, weight_scale={self.weight_scale}, a{self.activation_bits}{norm}, "
+        act = self.activation_scheme or f"a{self.activation_bits}"
+        if self.activation_scheme is not None and not self.scheme_active:
+            act += " (stage one: int8_absmax)"
+        rot = f", hadamard({self.hadamard_block})" if self.hadamard_block else ""
+        return (f"{super().extra_repr()}, weight_scale={self.weight_scale}, {act}{rot}{norm}, "
                 f"lambda(w={self.weight_lambda:g}, a={self.activation_lambda:g})")

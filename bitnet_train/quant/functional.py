@@ -11,11 +11,33 @@ is full precision and lam = 1 the quantizer. The backward pass is the identity f
 (straight-through, no clipping mask): d/dx [x + lam * (q(x) - x).detach()] = 1.
 The identity gradient is a custom autograd function so that training pays for one quantized copy
 and no extra autograd nodes; torch.compile traces it.
+
+Per-projection schemes (quant/schemes.py; BitNet a4.8, arXiv 2411.04965, and BitNet v2, 2504.18415):
+  int8_absmax        the b1.58 activation quantizer above.
+  int4_absmean       beta = mean(|x|) per token; codes = clamp(round(sqrt(7) * x / (beta + 1e-5)), -8, 7);
+                     x_q = codes * beta / sqrt(7). This is a4.8's INT4 quantizer (SPEC section 2 marks its
+                     exact form [open]). Why this form: the paper's 4-bit ablation (its Figure 6) compares
+                     absmax and absmean INT4 and keeps absmean, and its own sparsity table (Table 2) shows
+                     12.0-12.1% zeros in the INT4 inputs (q/k/v, gate) at every model size. Under this form a
+                     code is 0 when |x| < beta / (2 sqrt 7); for the Gaussian-like inputs the paper quantizes
+                     to 4 bits, beta = sigma sqrt(2/pi), so that threshold is 0.151 sigma and 12.0% of the
+                     entries are zero, as measured there (an absmax INT4 would zero about twice as many).
+                     The multiplier is beta / sqrt(7), as written in the paper (not (beta + eps) / sqrt(7)).
+  int8_absmax_topNN  Q-Sparse top-K: keep the ceil(NN% of K) largest magnitudes of each token, zero the
+                     rest, then int8_absmax. The straight-through gradient reaches every entry, the
+                     dropped ones included (Q-Sparse's STE through the mask).
+Every scheme takes lambda and the straight-through estimator exactly as the b1.58 quantizer does.
+`scheme_codes` gives the integer codes and per-token multipliers the inference runtime uses
+(infer/activations.py calls it), so training and the exported model quantize identically.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+from bitnet_train.quant.schemes import parse_scheme
 
 SCALE_EPS = 1e-5
 """Lower clamp of weight and activation scales (reference code)."""
@@ -101,3 +123,60 @@ def _fake_quant_activation(x: torch.Tensor, bits: int, lam: float | torch.Tensor
 def quantize_activation(x: torch.Tensor, bits: int = 8, lam: float | torch.Tensor = 1.0) -> torch.Tensor:
     """Fake-quantized per-token absmax activation with STE gradient."""
     return straight_through(x, _fake_quant_activation(x, bits, lam))
+
+
+# ---- per-projection schemes (BitNet a4.8 / v2) ----------------------------------------------------
+
+SQRT7 = math.sqrt(7)
+
+
+def topk_sparsify(x: torch.Tensor, percent: int) -> torch.Tensor:
+    """x with all but the ceil(percent% of K) largest magnitudes of each token (last dim) set to 0."""
+    k = x.shape[-1]
+    keep = max(1, -(-k * percent // 100))
+    idx = x.abs().topk(keep, dim=-1).indices
+    return torch.zeros_like(x).scatter_(-1, idx, x.gather(-1, idx))
+
+
+def _absmean_int4(xf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(float codes in [-8, 7], per-token multiplier beta / sqrt 7) of fp32 x: the a4.8 INT4 quantizer."""
+    beta = xf.abs().mean(dim=-1, keepdim=True)
+    codes = (xf * (SQRT7 / (beta + SCALE_EPS))).round_().clamp_(-8, 7)
+    return codes, beta / SQRT7
+
+
+@torch.no_grad()
+def scheme_codes(x: torch.Tensor, scheme: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integer codes (int8, [..., K]) and per-token multipliers (fp32, [...]) with x ~= codes * multiplier."""
+    sch = parse_scheme(scheme)
+    xf = x.detach().float()
+    if sch.topk_percent is not None:
+        xf = topk_sparsify(xf, sch.topk_percent)
+    if sch.absmean:
+        codes, mult = _absmean_int4(xf)
+        return codes.to(torch.int8), mult.squeeze(-1)
+    codes, s = activation_codes(xf, sch.bits)
+    return codes, (1.0 / s).squeeze(-1)
+
+
+@torch.no_grad()
+def _fake_quant_scheme(x: torch.Tensor, scheme: str, lam: float | torch.Tensor) -> torch.Tensor:
+    sch = parse_scheme(scheme)
+    xf = x.float()
+    src = topk_sparsify(xf, sch.topk_percent) if sch.topk_percent is not None else xf
+    if sch.absmean:
+        codes, mult = _absmean_int4(src)
+        q = codes.mul_(mult)
+    else:
+        s = activation_scale(src, sch.bits)
+        q = (src * s).round_().clamp_(-(2 ** (sch.bits - 1)), 2 ** (sch.bits - 1) - 1).div_(s)
+    return _blend(xf, q, lam).to(x.dtype)
+
+
+def quantize_activation_scheme(x: torch.Tensor, scheme: str, lam: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """Fake-quantized activation under `scheme` (quant/schemes.py) with STE gradient to every entry of x.
+
+    `int8_absmax` is exactly quantize_activation(x, 8, lam)."""
+    if scheme == "int8_absmax":
+        return quantize_activation(x, 8, lam)
+    return straight_through(x, _fake_quant_scheme(x, scheme, lam))

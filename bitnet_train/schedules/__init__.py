@@ -1,1 +1,1 @@
-"""Pure functions of the training step: learning rate, weight decay (and quantization phase-in)."""
+"""Pure functions of the training step: learning rate, weight decay, quantization phase-in and transitions."""

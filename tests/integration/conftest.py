@@ -37,3 +37,18 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.Comple
     env = dict(os.environ, HYDRA_FULL_ERROR="0", WANDB_MODE="offline", PYTHONWARNINGS="ignore")
     return subprocess.run([sys.executable, "-m", "bitnet_train", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_llama(tmp_path_factory) -> Path:
+    """A tiny random transformers Llama folder (no tokenizer) whose vocabulary fits the shipped tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path = tmp_path_factory.mktemp("tiny_llama")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=4096, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(path)
+    return path

@@ -3,7 +3,8 @@
 For each BitLinear: the fraction of weights quantized to 0, the fraction whose ternary code
 changed since the previous log ("flips": the oscillation that precedes loss spikes in QAT), and
 the scale gamma. Averages over all layers are logged too. Codes are kept as int8 between logs
-(one byte per quantized weight, on the weight's device).
+(one byte per quantized weight, on the weight's device). Under FSDP2 or ZeRO-3 each weight is
+gathered whole first, on every rank.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from bitnet_train.dist.gather import gathered
 from bitnet_train.quant.convert import bitlinear_modules
 from bitnet_train.quant.functional import ternary_codes, weight_scale
 
@@ -33,8 +35,9 @@ class QuantStatsCallback(L.Callback):
         layers = bitlinear_modules(model)
         flips_counted = 0
         for name, layer in layers.items():
-            gamma = weight_scale(layer.weight, layer.weight_scale)
-            codes = ternary_codes(layer.weight, gamma)
+            with gathered([layer.weight]) as (weight,):  # the whole matrix under FSDP2 / ZeRO-3 (collective)
+                gamma = weight_scale(weight, layer.weight_scale)
+                codes = ternary_codes(weight, gamma)
             row = {"zero_frac": (codes == 0).float().mean().item(), "gamma": gamma.item()}
             previous = self._previous.get(name)
             if previous is not None and previous.shape == codes.shape:

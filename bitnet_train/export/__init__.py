@@ -1,0 +1,1 @@
+"""Exporting trained checkpoints to packed ternary formats: native safetensors, transformers, GGUF."""

@@ -1,0 +1,1 @@
+"""Watching training: loss-spike detection, run histories, plots and the W&B loss-spike workspace."""
