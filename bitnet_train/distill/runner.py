@@ -7,7 +7,10 @@ The stages run in order in one command, each in its own folder under the run fol
                                     distill.stage2.tokens tokens (0 skips it), PretrainModule
   3 stage3_distill/checkpoints/     distillation: CE + lambda * logit KL + gamma * attention-relation KL on
                                     `data` + distill.stage3.data (packed text or prompt/answer), DistillModule
-Every checkpoint carries its stage (`checkpoint["distill"]`), so `ckpt_path=` any of them resumes there: a
+A quantization schedule (`schedule=`, e.g. phasein_linear) phases the student in during stage 2; stage 3
+trains it fully quantized. `strategy=` is passed to each stage's trainer (file checkpoints, e.g. ddp).
+Every checkpoint carries its stage (`checkpoint["distill"]`), so `ckpt_path=` any of them resumes there
+(`ckpt_path=auto`: the newest in this run folder): a
 stage-1 file starts stage 2 from it, a stage-2 or stage-3 file continues that stage exactly (Lightning's
 resume: optimizer, schedule, data position, RNG) and then runs the remaining stages. The current stage is in
 the progress bar, in the log lines and logged as `stage`; metrics.json holds each stage's figures and the
@@ -33,7 +36,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from bitnet_train.config import ConfigError, DataConfig, ModelConfig, OptimConfig, QuantConfig, from_mapping, to_dict
+from bitnet_train.config import (ConfigError, DataConfig, ModelConfig, OptimConfig, QuantConfig, ScheduleConfig,
+                                 from_mapping, to_dict)
 from bitnet_train.data import CausalLMDataModule
 from bitnet_train.distill.config import DistillConfig
 from bitnet_train.distill.data import DistillDataModule
@@ -46,7 +50,9 @@ from bitnet_train.lit.checkpoint_io import AtomicCheckpointIO, atomic_torch_save
 from bitnet_train.lit.distill import DistillModule
 from bitnet_train.lit.loggers import build_loggers
 from bitnet_train.lit.pretrain import PretrainModule
-from bitnet_train.run import check_resume, resolve_vocab, write_json_atomic
+from bitnet_train.dist.checkpoint import newest_resumable
+from bitnet_train.lit.callbacks.phase_in import build_schedule_callbacks
+from bitnet_train.run import check_resume, check_schedule, instantiate_checked, resolve_vocab, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +72,7 @@ class Settings:
     data3: DataConfig
     optim2: OptimConfig
     optim3: OptimConfig
+    schedule: ScheduleConfig
     world_size: int
     accumulate: int
     resume: dict[str, Any] | None = None
@@ -99,26 +106,51 @@ def read_settings(cfg: DictConfig) -> Settings:
         raise ConfigError(f"quant.norm={quant.norm!r} differs from distill.norms={distill.norms!r}; set only "
                           "distill.norms (the distillation experiments set quant.norm from it)")
     from_mapping(DataConfig, "data", cfg.data)
+    if cfg.get("init_from"):
+        raise ConfigError("init_from does not apply to distillation: the student starts from distill.teacher; "
+                          "set init_from=null")
+    schedule = from_mapping(ScheduleConfig, "schedule", cfg.get("schedule"))
+    check_schedule(schedule, quant)
+    if schedule.active and distill.stage2.tokens == 0:
+        raise ConfigError("a quantization schedule phases the student in during stage 2, but distill.stage2.tokens=0; "
+                          "give stage 2 tokens or set schedule=none")
     settings = Settings(
         distill=distill, quant=quant, model=from_mapping(ModelConfig, "model", cfg.model),
         data2=_merged(DataConfig, "distill.stage2.data", cfg.data, distill.stage2.data),
         data3=_merged(DataConfig, "distill.stage3.data", cfg.data, distill.stage3.data),
         optim2=_merged(OptimConfig, "distill.stage2.optim", cfg.optim, distill.stage2.optim),
         optim3=_merged(OptimConfig, "distill.stage3.optim", cfg.optim, distill.stage3.optim),
-        world_size=world_size_of(cfg.trainer), accumulate=int(cfg.trainer.get("accumulate_grad_batches", 1) or 1))
+        schedule=schedule, world_size=world_size_of(cfg.trainer), accumulate=int(cfg.trainer.get("accumulate_grad_batches", 1) or 1))
     if settings.data3.streaming and (distill.stage3.steps is None or distill.stage3.logit_cache.enabled):
         raise ConfigError("a streamed stage-3 dataset has no known size: set distill.stage3.steps and keep "
                           "distill.stage3.logit_cache.enabled=false (or set data.streaming=false)")
     if settings.data2.layout != "text":
         raise ConfigError("distill.stage2.data.layout must be text: continual pre-training packs a general corpus")
-    if cfg.get("ckpt_path"):
-        checkpoint = load_checkpoint_file(cfg.ckpt_path)
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path == "auto":  # requeued jobs: this run folder's newest stage checkpoint, if any
+        ckpt_path = newest_stage_checkpoint(Path(cfg.out_dir))
+        log.info("ckpt_path=auto: %s", ckpt_path or "no stage checkpoint in the run folder yet, starting fresh")
+    if ckpt_path:
+        if Path(ckpt_path).is_dir():
+            raise ConfigError(f"checkpoint {ckpt_path} is a sharded folder; distillation resumes from single-file "
+                              "checkpoints (convert it with python -m bitnet_train.consolidate, or use strategy=ddp)")
+        checkpoint = load_checkpoint_file(ckpt_path)
         tag = checkpoint.get("distill")
         if not isinstance(tag, dict) or tag.get("stage") not in STAGES:
-            raise ConfigError(f"checkpoint {cfg.ckpt_path} is not a BitDistill stage checkpoint; resume from "
+            raise ConfigError(f"checkpoint {ckpt_path} is not a BitDistill stage checkpoint; resume from "
                               f"{STAGES[1][1]}/{STAGE1_FILE} or a stage*/checkpoints/*.ckpt file of a distillation run")
-        settings.resume, settings.resume_path = checkpoint, str(cfg.ckpt_path)
+        settings.resume, settings.resume_path = checkpoint, str(ckpt_path)
     return settings
+
+
+def newest_stage_checkpoint(out_dir: Path) -> str | None:
+    """The checkpoint of the latest stage this run folder reached: stage 3's or stage 2's newest, else stage 1's."""
+    for stage in (3, 2):
+        found = newest_resumable(out_dir / STAGES[stage][1])
+        if found is not None:
+            return found
+    stage1 = out_dir / STAGES[1][1] / STAGE1_FILE
+    return str(stage1) if stage1.is_file() else None
 
 
 def _with_warmup(optim: OptimConfig, fraction: float | None, steps: int) -> OptimConfig:
@@ -135,12 +167,14 @@ def _stage_cfg(cfg: DictConfig, stage_dir: Path, steps: int) -> DictConfig:
     return stage
 
 
-def _trainer(cfg: DictConfig, stage: int, steps: int, stage_dir: Path, settings: Settings) -> L.Trainer:
+def _trainer(cfg: DictConfig, stage: int, steps: int, stage_dir: Path, settings: Settings,
+             extra_callbacks: list[L.Callback] | None = None) -> L.Trainer:
     stage_cfg = _stage_cfg(cfg, stage_dir, steps)
-    callbacks = [instantiate(spec) for spec in (stage_cfg.get("callbacks") or {}).values() if spec is not None]
-    callbacks.append(StageCallback(stage, STAGES[stage][0]))
+    callbacks = [instantiate_checked(spec) for spec in (stage_cfg.get("callbacks") or {}).values() if spec is not None]
+    callbacks += [StageCallback(stage, STAGES[stage][0]), *(extra_callbacks or [])]
+    strategy = {"strategy": instantiate_checked(stage_cfg.strategy)} if stage_cfg.get("strategy") else {}
     trainer: L.Trainer = instantiate(stage_cfg.trainer, logger=build_loggers(stage_cfg.get("logger")) or False,
-                                     callbacks=callbacks, plugins=[AtomicCheckpointIO()])
+                                     callbacks=callbacks, plugins=[AtomicCheckpointIO()], **strategy)
     if trainer.world_size != settings.world_size:
         raise ConfigError(f"the trainer runs {trainer.world_size} processes, not the {settings.world_size} read from "
                           "trainer.devices x trainer.num_nodes; set trainer.devices explicitly")
@@ -288,7 +322,8 @@ class DistillationRun:
             return
         module = self.build(_with_warmup(self.settings.optim2, self.distill.stage2.warmup_fraction, self.steps2))
         module.model.load_state_dict(self.weights)
-        trainer = _trainer(self.cfg, 2, self.steps2, self.out_dir / STAGES[2][1], self.settings)
+        phase_in = build_schedule_callbacks(self.settings.schedule, module.model, self.steps2)  # schedule=
+        trainer = _trainer(self.cfg, 2, self.steps2, self.out_dir / STAGES[2][1], self.settings, phase_in)
         self.metrics["stage2"] = _fit(trainer, module, self.data2, self._checkpoint_for(2))
         if self.distill.eval_stages or self.steps3 == 0:
             self.metrics["stage2"]["val"] = _student_loss(module.model, self.data3)

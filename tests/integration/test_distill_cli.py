@@ -107,6 +107,16 @@ def test_three_stages_run_and_resume_from_any_stage(teacher, data_cache, tmp_pat
     _in_process(args, from1, f"ckpt_path={straight / 'stage1_refine' / 'student.ckpt'}")
     _same_student(straight, from1)
 
+    # ckpt_path=auto in a run folder that stopped after stage 2 continues with stage 3 from its last checkpoint
+    import shutil
+
+    auto = tmp_path / "auto"
+    shutil.copytree(straight / "stage1_refine", auto / "stage1_refine")
+    shutil.copytree(straight / "stage2_continual", auto / "stage2_continual")
+    metrics_auto = _in_process(args, auto, "ckpt_path=auto")
+    assert metrics_auto["resumed_from"] == str(auto / "stage2_continual" / "checkpoints" / "last.ckpt")
+    _same_student(straight, auto)
+
 
 def test_distill_without_teacher_fails_in_one_line(tmp_path):
     proc = run_cli(["+experiment=distill_qwen", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
@@ -142,3 +152,40 @@ def test_prompt_answer_task_with_cached_teacher_logits(teacher, data_cache, tmp_
     assert metrics["stage3"]["logit_cache"]["filled"] == 6  # 3 steps of 2 records
     assert metrics["data"]["train_documents"] + metrics["data"]["val_documents"] == 40
     assert 0 < metrics["student_val"]["tokens"] < 8 * 32  # answer tokens only
+
+
+def test_schedule_phases_the_student_in_during_stage2(teacher, data_cache, tmp_path, monkeypatch):
+    """schedule= drives the student's lambdas in stage 2 (16-bit -> ternary); stage 3 then trains it fully ternary."""
+    import lightning as L
+
+    from bitnet_train.distill import runner
+
+    seen: list[tuple[int, float]] = []
+
+    class Spy(L.Callback):  # runs after the phase-in callback in the same hook
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            layer = pl_module.model.model.layers[0].self_attn.q_proj
+            seen.append((pl_module.stage_label[0], layer.weight_lambda))
+
+    original = runner.build_schedule_callbacks
+    monkeypatch.setattr(runner, "build_schedule_callbacks", lambda *a: [*original(*a), Spy()])
+    out = tmp_path / "run"
+    args = _args(teacher, data_cache, out)
+    _in_process(args, out, "schedule=phasein_linear", "schedule.at=0", "schedule.weight.length=3",
+                "schedule.activation.length=3", "distill.stage3.steps=0", "distill.eval_stages=false",
+                "distill.eval_teacher=false")
+    assert [stage for stage, _ in seen] == ["2"] * 4
+    lambdas = [value for _, value in seen]
+    assert lambdas[0] < lambdas[1] < lambdas[2] == lambdas[3] == 1.0, lambdas  # a 3-step linear ramp
+
+
+def test_distill_settings_that_do_not_fit(teacher, data_cache, tmp_path):
+    from bitnet_train.config import ConfigError
+
+    args = _args(teacher, data_cache, tmp_path / "x")
+    with pytest.raises(ConfigError, match="distill.stage2.tokens=0"):
+        _in_process(args, tmp_path / "x", "schedule=phasein_linear", "distill.stage2.tokens=0")
+    with pytest.raises(ConfigError, match="init_from does not apply"):
+        _in_process(args, tmp_path / "x", f"init_from={teacher}")
+    with pytest.raises(ConfigError, match=r"quant\.norm='all_linear' differs from distill\.norms='subln'"):
+        _in_process(args, tmp_path / "x", "quant.norm=all_linear")
