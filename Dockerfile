@@ -37,7 +37,7 @@ COPY conf ./conf
 COPY data ./data
 COPY launch ./launch
 RUN uv pip install ".[distributed]" "torch==${TORCH_VERSION}" \
-    && python -c "import bitnet_train.dist.deepspeed, bitnet_train.run"
+    && python -c "import bitnet_train.parallel.deepspeed, bitnet_train.run"
 
 # A non-root user with a fixed numeric id (ubuntu images already use 1000 for "ubuntu").
 RUN groupadd --gid 10001 bitnet \

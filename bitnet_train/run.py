@@ -30,7 +30,7 @@ from bitnet_train.config import (ConfigError, DataConfig, ModelConfig, OptimConf
 from bitnet_train.data import CausalLMDataModule
 from bitnet_train.lit.callbacks.activation_stage import build_activation_stage_callbacks
 from bitnet_train.lit.callbacks.phase_in import build_schedule_callbacks
-from bitnet_train.dist.checkpoint import check_resumable, newest_resumable, remove_requeue_checkpoints
+from bitnet_train.parallel.checkpoint import check_resumable, newest_resumable, remove_requeue_checkpoints
 from bitnet_train.lit.callbacks import SlurmRequeue
 from bitnet_train.lit.checkpoint_io import AtomicCheckpointIO, load_checkpoint_file
 from bitnet_train.lit.loggers import build_loggers

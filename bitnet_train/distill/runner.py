@@ -50,7 +50,7 @@ from bitnet_train.lit.checkpoint_io import AtomicCheckpointIO, atomic_torch_save
 from bitnet_train.lit.distill import DistillModule
 from bitnet_train.lit.loggers import build_loggers
 from bitnet_train.lit.pretrain import PretrainModule
-from bitnet_train.dist.checkpoint import newest_resumable
+from bitnet_train.parallel.checkpoint import newest_resumable
 from bitnet_train.lit.callbacks.phase_in import build_schedule_callbacks
 from bitnet_train.run import check_resume, check_schedule, instantiate_checked, resolve_vocab, write_json_atomic
 

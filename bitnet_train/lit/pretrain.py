@@ -54,7 +54,7 @@ class PretrainModule(L.LightningModule):
         """Shard the decoder with FSDP2 under FSDP2Strategy (the only strategy that builds a device mesh)."""
         if self.device_mesh is None:
             return
-        from bitnet_train.dist.fsdp2 import shard_decoder
+        from bitnet_train.parallel.fsdp2 import shard_decoder
 
         strategy = self.trainer.strategy
         shard_decoder(self.model, self.device_mesh["data_parallel"],

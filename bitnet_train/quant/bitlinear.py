@@ -94,7 +94,7 @@ class BitLinear(nn.Linear):
             raise RuntimeError(
                 f"BitLinear({self.in_features}, {self.out_features}) sees a weight of shape {tuple(w.shape)}: a shard "
                 "or a ZeRO-3 placeholder. Its scale needs the whole matrix: gather it first "
-                "(bitnet_train.dist.gather.gathered, or call the layer inside the model's forward)")
+                "(bitnet_train.parallel.gather.gathered, or call the layer inside the model's forward)")
         return quantize_weight(w, self.weight_scale, self.weight_lambda)
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 import bitnet_train.quant.bitlinear as bitlinear_module
-from bitnet_train.dist.gather import gathered
+from bitnet_train.parallel.gather import gathered
 from bitnet_train.quant.bitlinear import BitLinear
 from bitnet_train.quant.functional import quantize_weight, weight_scale
 
@@ -76,7 +76,7 @@ def main(out: Path) -> None:
     # default DeepSpeed keeps parameters under 1e5 elements whole on every rank)
     import deepspeed
 
-    from bitnet_train.dist.deepspeed import _skip_shm_op_build
+    from bitnet_train.parallel.deepspeed import _skip_shm_op_build
 
     _skip_shm_op_build()
     deepspeed.init_distributed(dist_backend="gloo")

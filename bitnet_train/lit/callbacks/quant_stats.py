@@ -14,7 +14,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from bitnet_train.dist.gather import gathered
+from bitnet_train.parallel.gather import gathered
 from bitnet_train.quant.convert import bitlinear_modules
 from bitnet_train.quant.functional import ternary_codes, weight_scale
 

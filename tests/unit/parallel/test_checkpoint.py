@@ -11,9 +11,9 @@ from lightning.pytorch.strategies import DDPStrategy
 
 from bitnet_train.config import ConfigError
 from bitnet_train.consolidate import default_output, main
-from bitnet_train.dist.checkpoint import (check_resumable, checkpoint_kind, complete_state_dict, consolidate,
+from bitnet_train.parallel.checkpoint import (check_resumable, checkpoint_kind, complete_state_dict, consolidate,
                                           newest_resumable)
-from bitnet_train.dist.fsdp2 import FSDP2Strategy
+from bitnet_train.parallel.fsdp2 import FSDP2Strategy
 from bitnet_train.lit.pretrain import PretrainModule
 
 MODEL = {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 1,
@@ -110,7 +110,7 @@ def test_cli(tmp_path, capsys):
 
 def test_a_zero_checkpoint_resumes_only_under_its_stage(tmp_path):
     pytest.importorskip("deepspeed")
-    from bitnet_train.dist.deepspeed import deepspeed_strategy
+    from bitnet_train.parallel.deepspeed import deepspeed_strategy
 
     for stage, names in ((2, ["mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"]),
                          (3, ["zero_pp_rank_0_mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"])):
