@@ -182,38 +182,38 @@ class QuantConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW and the learning-rate / weight-decay schedule (BitNet two-stage included)."""
+    """AdamW and the learning-rate / weight-decay schedule (the BitNet b1.58 2B4T two-phase schedule included)."""
 
     lr: float = 1.5e-3
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
     weight_decay: float = 0.1
-    warmup_steps: int = 375
+    warmup_steps: int = 40
     schedule: str = "cosine"
-    """After warmup: cosine, linear, constant, or two_stage (BitNet b1.58 2B4T: two decays with a drop between)."""
+    """After warmup: cosine, linear, constant, or two_phase (BitNet b1.58 2B4T: two learning-rate phases with a drop between)."""
     min_lr_ratio: float = 0.1
-    """Final learning rate as a fraction of lr (cosine, linear, end of two_stage)."""
-    stage2_start: float = 0.5
-    """two_stage: fraction of the run where stage two begins (learning-rate drop, weight decay switch)."""
-    stage1_end_ratio: float = 8e-4 / 1.5e-3
-    """two_stage: stage one decays linearly from lr to lr * this (2B4T: 1.5e-3 -> 8e-4)."""
-    stage2_lr_ratio: float = 5e-4 / 1.5e-3
-    """two_stage: stage two restarts at lr * this and decays linearly to lr * min_lr_ratio (2B4T: 5e-4 -> 0)."""
-    stage2_weight_decay: float = 0.0
-    """two_stage: weight decay in stage two (2B4T: 0.1, then 0)."""
+    """Final learning rate as a fraction of lr (cosine, linear, end of two_phase)."""
+    phase2_start: float = 0.5
+    """two_phase: fraction of the run where phase two begins (learning-rate drop, weight decay switch)."""
+    phase1_end_ratio: float = 0.5333333333333333
+    """two_phase: phase one decays linearly from lr to lr * this (2B4T: 1.5e-3 -> 8e-4)."""
+    phase2_lr_ratio: float = 0.3333333333333333
+    """two_phase: phase two restarts at lr * this and decays linearly to lr * min_lr_ratio (2B4T: 5e-4 -> 0)."""
+    phase2_weight_decay: float = 0.0
+    """two_phase: weight decay in phase two (2B4T: 0.1, then 0)."""
 
     def __post_init__(self) -> None:
         s = "optim"
         _positive(s, "lr", self.lr)
         _positive(s, "eps", self.eps)
         _positive(s, "weight_decay", self.weight_decay, allow_zero=True)
-        _positive(s, "stage2_weight_decay", self.stage2_weight_decay, allow_zero=True)
+        _positive(s, "phase2_weight_decay", self.phase2_weight_decay, allow_zero=True)
         _positive(s, "warmup_steps", self.warmup_steps, allow_zero=True)
-        _choice(s, "schedule", self.schedule, ("cosine", "linear", "constant", "two_stage"))
+        _choice(s, "schedule", self.schedule, ("cosine", "linear", "constant", "two_phase"))
         _fraction(s, "min_lr_ratio", self.min_lr_ratio)
-        _fraction(s, "stage2_start", self.stage2_start)
-        _positive(s, "stage1_end_ratio", self.stage1_end_ratio)
-        _positive(s, "stage2_lr_ratio", self.stage2_lr_ratio)
+        _fraction(s, "phase2_start", self.phase2_start)
+        _positive(s, "phase1_end_ratio", self.phase1_end_ratio)
+        _positive(s, "phase2_lr_ratio", self.phase2_lr_ratio)
         betas = tuple(self.betas)
         if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in betas):
             raise ConfigError(f"optim.betas={list(self.betas)!r} must be two numbers in [0, 1)")

@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from bitnet_train.config import ModelConfig, OptimConfig, QuantConfig, to_dict
-from bitnet_train.distill.config import DistillationConfig, DistillConfig
+from bitnet_train.distill.config import DistillStageConfig, BitDistillConfig
 from bitnet_train.distill.logit_cache import TeacherLogitCache
 from bitnet_train.distill.losses import teacher_top_k
 from bitnet_train.distill.student import load_teacher_weights, student_model_config
@@ -116,7 +116,7 @@ def main() -> None:
         args.layer = min(args.layer, -1) if args.layer >= -4 else -2
     if not args.teacher:
         parser.error("give --teacher PATH or --tiny")
-    distill = DistillConfig(teacher=args.teacher)
+    distill = BitDistillConfig(teacher=args.teacher)
     teacher = load_teacher(distill)
     model_cfg = student_model_config(teacher, distill, ModelConfig())
     quant = QuantConfig(norm="subln")
@@ -149,7 +149,7 @@ def main() -> None:
         if cls is PretrainModule:
             modules[name] = student(cls)
             continue
-        module = student(cls, distill=to_dict(DistillationConfig(**kd)))
+        module = student(cls, distill=to_dict(DistillStageConfig(**kd)))
         cache = None
         if cached:
             cache = TeacherLogitCache(tmp / "cache", len(data.dataset), args.seq_len, 64, {"bench": 1})

@@ -1,7 +1,7 @@
 """Typed settings of BitDistill (SPEC section 4), validated once where they enter.
 
-`distill:` in the Hydra config becomes a `DistillConfig`; its `stage2` and `stage3` sections
-become `ContinualConfig` and `DistillationConfig`, whose `attention` and `logit_cache` parts are
+`distill:` in the Hydra config becomes a `BitDistillConfig`; its `stage2` and `stage3` sections
+become `ContinualStageConfig` and `DistillStageConfig`, whose `attention` and `logit_cache` parts are
 dataclasses of their own. Every value is checked before the teacher is loaded: a wrong one stops
 with a one-line ConfigError naming the key, the value and what is allowed (bitnet_train.config).
 The defaults are the reference code's: lambda = 10, gamma = 1e5 (classification; 1 and 1e3 for
@@ -97,7 +97,7 @@ class LogitCacheConfig:
 
 
 @dataclass
-class ContinualConfig:
+class ContinualStageConfig:
     """Stage 2: next-token cross-entropy of the ternary student on a general corpus."""
 
     tokens: int = 0
@@ -119,7 +119,7 @@ class ContinualConfig:
 
 
 @dataclass
-class DistillationConfig:
+class DistillStageConfig:
     """Stage 3: L = CE + logit_weight * KL(teacher || student) + attention_weight * relation KL."""
 
     steps: int | None = None
@@ -167,7 +167,7 @@ class DistillationConfig:
 
 
 @dataclass
-class DistillConfig:
+class BitDistillConfig:
     """BitDistill: a full-precision teacher becomes a ternary student in three stages."""
 
     teacher: str | None = None
@@ -182,8 +182,8 @@ class DistillConfig:
     norms: str = "subln"
     """Extra RMSNorms of the student (start at 1): subln (paper: before o_proj and down_proj), all_linear (the
     reference code's "allnorm": before every quantized linear) or none. Sets quant.norm."""
-    stage2: ContinualConfig = field(default_factory=ContinualConfig)
-    stage3: DistillationConfig = field(default_factory=DistillationConfig)
+    stage2: ContinualStageConfig = field(default_factory=ContinualStageConfig)
+    stage3: DistillStageConfig = field(default_factory=DistillStageConfig)
     eval_teacher: bool = True
     """Also report the teacher's validation loss and perplexity on the stage-3 data (one pass, no gradient)."""
     eval_stages: bool = True
@@ -199,7 +199,7 @@ class DistillConfig:
         _choice(s, "teacher_dtype", self.teacher_dtype, ("auto", "float32", "bfloat16", "float16"))
         _choice(s, "student", self.student, ("teacher", "config"))
         _choice(s, "norms", self.norms, ("subln", "all_linear", "none"))
-        if not isinstance(self.stage2, ContinualConfig):
-            self.stage2 = from_mapping(ContinualConfig, "distill.stage2", self.stage2)
-        if not isinstance(self.stage3, DistillationConfig):
-            self.stage3 = from_mapping(DistillationConfig, "distill.stage3", self.stage3)
+        if not isinstance(self.stage2, ContinualStageConfig):
+            self.stage2 = from_mapping(ContinualStageConfig, "distill.stage2", self.stage2)
+        if not isinstance(self.stage3, DistillStageConfig):
+            self.stage3 = from_mapping(DistillStageConfig, "distill.stage3", self.stage3)

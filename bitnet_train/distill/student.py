@@ -26,12 +26,12 @@ import torch
 import torch.nn as nn
 
 from bitnet_train.config import ConfigError, ModelConfig
-from bitnet_train.distill.config import DistillConfig
+from bitnet_train.distill.config import BitDistillConfig
 from bitnet_train.distill.teacher import Teacher
 from bitnet_train.models.hf import from_hf_state_dict, model_config_from_hf
 
 
-def student_model_config(teacher: Teacher, distill: DistillConfig, model: ModelConfig) -> ModelConfig:
+def student_model_config(teacher: Teacher, distill: BitDistillConfig, model: ModelConfig) -> ModelConfig:
     """The student's shape: the teacher's (BitDistill), or `model` with the teacher's vocabulary."""
     if distill.student == "teacher":
         return model_config_from_hf(teacher.config)

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from bitnet_train.config import ConfigError
-from bitnet_train.distill.config import AttentionRelationConfig, DistillConfig
+from bitnet_train.distill.config import AttentionRelationConfig, BitDistillConfig
 
 log = logging.getLogger(__name__)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -207,7 +207,7 @@ def _fingerprint(path: Path | None, source: str, config: Any) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def teacher_location(cfg: DistillConfig) -> tuple[str, Path | None]:
+def teacher_location(cfg: BitDistillConfig) -> tuple[str, Path | None]:
     """(what to pass to from_pretrained, the local folder or None for a hub id), or ConfigError."""
     spec = cfg.teacher
     path = Path(spec).expanduser()
@@ -233,7 +233,7 @@ def teacher_location(cfg: DistillConfig) -> tuple[str, Path | None]:
     return spec, None
 
 
-def load_teacher(cfg: DistillConfig) -> Teacher:
+def load_teacher(cfg: BitDistillConfig) -> Teacher:
     """The frozen teacher that `cfg.teacher` names, on CPU (move it with `.to(device)`)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 

@@ -20,7 +20,7 @@ import torch
 from bitnet_train.quant.functional import scheme_codes
 from bitnet_train.quant.schemes import is_known_scheme
 
-__all__ = ["int4_absmean", "int8_absmax", "is_known_scheme", "quantize_activation"]
+__all__ = ["int4_absmean", "int8_absmax", "is_known_scheme", "encode_activation"]
 
 
 def int8_absmax(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,6 +31,6 @@ def int4_absmean(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return scheme_codes(x, "int4_absmean")
 
 
-def quantize_activation(x: torch.Tensor, scheme: str) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_activation(x: torch.Tensor, scheme: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(codes int8 [..., K], multipliers fp32 [...]) of x under `scheme`; ValueError for an unknown scheme."""
     return scheme_codes(x, scheme)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from bitnet_train.infer.activations import quantize_activation
+from bitnet_train.infer.activations import encode_activation
 from bitnet_train.kernels.dispatch import resolve_backend, ternary_matmul
 from bitnet_train.kernels.packing import unpack_k2
 from bitnet_train.kernels.reference import epilogue, int_matmul
@@ -50,7 +50,7 @@ class TernaryLinear(nn.Module):
         if self.hadamard_block:
             x = hadamard_transform(x, self.hadamard_block)
         lead = x.shape[:-1]
-        codes, mult = quantize_activation(x.reshape(-1, self.in_features), self.activation)
+        codes, mult = encode_activation(x.reshape(-1, self.in_features), self.activation)
         if resolve_backend(self.backend, x.device) == "torch":
             y = epilogue(int_matmul(codes, self._unpacked_t()), mult, self.weight_scale, x.dtype)
         else:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from bitnet_train.config import ConfigError, from_mapping, to_dict
-from bitnet_train.distill.config import DistillationConfig
+from bitnet_train.distill.config import DistillStageConfig
 from bitnet_train.distill.logit_cache import TeacherLogitCache
 from bitnet_train.distill.losses import attention_relation_loss, logit_kl, logit_kl_top_k, teacher_top_k
 from bitnet_train.distill.teacher import StateRecorder, Teacher, relation_pairs
@@ -33,7 +33,7 @@ class DistillModule(PretrainModule):
     def __init__(self, model: Mapping[str, Any], quant: Mapping[str, Any], optim: Mapping[str, Any],
                  distill: Mapping[str, Any], compile: bool = False) -> None:
         super().__init__(model, quant, optim, compile=compile)
-        self.kd = from_mapping(DistillationConfig, "distill.stage3", distill)
+        self.kd = from_mapping(DistillStageConfig, "distill.stage3", distill)
         self.save_hyperparameters({**self.hparams, "distill": to_dict(self.kd)})
         self.teacher: Teacher | None = None
         self.cache: TeacherLogitCache | None = None

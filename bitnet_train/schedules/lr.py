@@ -5,11 +5,11 @@ p = progress through the remaining steps in [0, 1]:
   cosine     lr * (m + (1 - m) * (1 + cos(pi * p)) / 2)      m = min_lr_ratio
   linear     lr * (m + (1 - m) * (1 - p))
   constant   lr
-  two_stage  BitNet b1.58 2B4T: stage one decays linearly from lr to lr * stage1_end_ratio until
-             stage2_start of the run; then the rate drops to lr * stage2_lr_ratio and decays
+  two_phase  BitNet b1.58 2B4T: phase one decays linearly from lr to lr * phase1_end_ratio until
+             phase2_start of the run; then the rate drops to lr * phase2_lr_ratio and decays
              linearly to lr * min_lr_ratio at the end (1.5e-3 -> 8e-4, then 5e-4 -> 0 in the
-             report). Weight decay is `weight_decay` in stage one and `stage2_weight_decay` in
-             stage two (0.1, then 0).
+             report). Weight decay is `weight_decay` in phase one and `phase2_weight_decay` in
+             phase two (0.1, then 0).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ def _linear(start: float, end: float, p: float) -> float:
     return start + (end - start) * min(max(p, 0.0), 1.0)
 
 
-def stage2_step(cfg: OptimConfig, total_steps: int) -> int:
-    """First step of stage two in a two_stage schedule."""
-    return max(int(round(cfg.stage2_start * total_steps)), cfg.warmup_steps)
+def phase2_step(cfg: OptimConfig, total_steps: int) -> int:
+    """First step of phase two in a two_phase schedule."""
+    return max(int(round(cfg.phase2_start * total_steps)), cfg.warmup_steps)
 
 
 def lr_multiplier(step: int, total_steps: int, cfg: OptimConfig) -> float:
@@ -35,11 +35,11 @@ def lr_multiplier(step: int, total_steps: int, cfg: OptimConfig) -> float:
     m = cfg.min_lr_ratio
     if cfg.schedule == "constant":
         return 1.0
-    if cfg.schedule == "two_stage":
-        switch = stage2_step(cfg, total_steps)
+    if cfg.schedule == "two_phase":
+        switch = phase2_step(cfg, total_steps)
         if step < switch:
-            return _linear(1.0, cfg.stage1_end_ratio, (step - cfg.warmup_steps) / max(switch - cfg.warmup_steps, 1))
-        return _linear(cfg.stage2_lr_ratio, m, (step - switch) / max(total_steps - 1 - switch, 1))
+            return _linear(1.0, cfg.phase1_end_ratio, (step - cfg.warmup_steps) / max(switch - cfg.warmup_steps, 1))
+        return _linear(cfg.phase2_lr_ratio, m, (step - switch) / max(total_steps - 1 - switch, 1))
     p = min((step - cfg.warmup_steps) / max(total_steps - 1 - cfg.warmup_steps, 1), 1.0)
     if cfg.schedule == "cosine":
         return m + (1.0 - m) * 0.5 * (1.0 + math.cos(math.pi * p))
@@ -48,6 +48,6 @@ def lr_multiplier(step: int, total_steps: int, cfg: OptimConfig) -> float:
 
 def weight_decay_at(step: int, total_steps: int, cfg: OptimConfig) -> float:
     """Weight decay of the decayed parameter group at optimizer step `step`."""
-    if cfg.schedule == "two_stage" and step >= stage2_step(cfg, total_steps):
-        return cfg.stage2_weight_decay
+    if cfg.schedule == "two_phase" and step >= phase2_step(cfg, total_steps):
+        return cfg.phase2_weight_decay
     return cfg.weight_decay

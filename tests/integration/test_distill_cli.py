@@ -156,19 +156,7 @@ def test_prompt_answer_task_with_cached_teacher_logits(teacher, data_cache, tmp_
 
 def test_schedule_phases_the_student_in_during_stage2(teacher, data_cache, tmp_path, monkeypatch):
     """schedule= drives the student's lambdas in stage 2 (16-bit -> ternary); stage 3 then trains it fully ternary."""
-    import lightning as L
-
-    from bitnet_train.distill import runner
-
-    seen: list[tuple[int, float]] = []
-
-    class Spy(L.Callback):  # runs after the phase-in callback in the same hook
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            layer = pl_module.model.model.layers[0].self_attn.q_proj
-            seen.append((pl_module.stage_label[0], layer.weight_lambda))
-
-    original = runner.build_schedule_callbacks
-    monkeypatch.setattr(runner, "build_schedule_callbacks", lambda *a: [*original(*a), Spy()])
+    seen = _spy_on_stages(monkeypatch, lambda layer: layer.weight_lambda)
     out = tmp_path / "run"
     args = _args(teacher, data_cache, out)
     _in_process(args, out, "schedule=phasein_linear", "schedule.at=0", "schedule.weight.length=3",
@@ -179,12 +167,46 @@ def test_schedule_phases_the_student_in_during_stage2(teacher, data_cache, tmp_p
     assert lambdas[0] < lambdas[1] < lambdas[2] == lambdas[3] == 1.0, lambdas  # a 3-step linear ramp
 
 
+def _spy_on_stages(monkeypatch, read):
+    """Record (stage, read(first q_proj)) at every training batch, after the step-plan callback has run."""
+    import lightning as L
+
+    from bitnet_train.tasks import trainer as run_trainer
+
+    seen: list[tuple[str, object]] = []
+
+    class Spy(L.Callback):  # runs after the step-plan callback in the same hook
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            layer = pl_module.model.model.layers[0].self_attn.q_proj
+            seen.append((pl_module.stage_label[0], read(layer)))
+
+    original = run_trainer.build_step_plan_callbacks
+    monkeypatch.setattr(run_trainer, "build_step_plan_callbacks", lambda *a: [*original(*a), Spy()])
+    return seen
+
+
+def test_activation_schemes_at_switches_during_stage2(teacher, data_cache, tmp_path, monkeypatch):
+    """quant.activation_schemes_at (a4.8's 8-bit-first training) takes effect in a distillation run: stage 2
+    starts with 8-bit activations and switches to the a4.8 schemes at its step; stage 3 keeps the final schemes."""
+    seen = _spy_on_stages(monkeypatch, lambda layer: (layer.activation_scheme, layer.scheme_active))
+    out = tmp_path / "run"
+    args = _args(teacher, data_cache, out)
+    _in_process(args, out, "quant=a48", "quant.norm=${distill.norms}", "quant.activation_schemes_at=2",
+                "distill.stage3.steps=2", "distill.eval_stages=false", "distill.eval_teacher=false")
+    assert [stage for stage, _ in seen] == ["2"] * 4 + ["3"] * 2
+    assert all(scheme == "int4_absmean" for _, (scheme, _) in seen)  # q_proj's a4.8 scheme
+    assert [active for _, (_, active) in seen] == [False, False, True, True, True, True]
+
+
 def test_distill_settings_that_do_not_fit(teacher, data_cache, tmp_path):
     from bitnet_train.config import ConfigError
 
     args = _args(teacher, data_cache, tmp_path / "x")
     with pytest.raises(ConfigError, match="distill.stage2.tokens=0"):
         _in_process(args, tmp_path / "x", "schedule=phasein_linear", "distill.stage2.tokens=0")
+    with pytest.raises(ConfigError, match=r"quant\.activation_schemes_at=2 switches activation schemes during stage 2"):
+        _in_process(args, tmp_path / "x", "quant=a48", "quant.norm=${distill.norms}", "quant.activation_schemes_at=2",
+                    "distill.stage2.tokens=0")
     with pytest.raises(ConfigError, match="init_from does not apply"):
         _in_process(args, tmp_path / "x", f"init_from={teacher}")
     with pytest.raises(ConfigError, match=r"quant\.norm='all_linear' differs from distill\.norms='subln'"):

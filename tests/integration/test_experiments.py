@@ -9,12 +9,13 @@ import torch
 from hydra.utils import instantiate
 
 from bitnet_train.config import DataConfig, ModelConfig, OptimConfig, QuantConfig, ScheduleConfig, from_mapping, to_dict
-from bitnet_train.lit.callbacks.activation_stage import build_activation_stage_callbacks
-from bitnet_train.lit.callbacks.phase_in import build_schedule_callbacks
+from bitnet_train.lit.callbacks import StepPlanCallback, StepProgressBar
 from bitnet_train.lit.loggers import build_loggers
 from bitnet_train.lit.pretrain import PretrainModule
 from bitnet_train.paths import conf_dir
-from bitnet_train.run import INIT_REQUIRED, check_schedule, resolve_init
+from bitnet_train.tasks.checks import check_schedule
+from bitnet_train.tasks.pretrain import INIT_REQUIRED, resolve_init
+from bitnet_train.tasks.trainer import build_trainer
 from conftest import compose_config
 
 EXPERIMENTS = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))
@@ -46,16 +47,15 @@ def test_experiment_instantiates(name, tmp_path, tiny_hf_llama):
             module = PretrainModule(to_dict(model), to_dict(quant), to_dict(optim))
         assert module.model.config.hidden_size == cfg.model.hidden_size
     assert len(module.quantized_names) == (7 * model.num_hidden_layers if quant.enabled else 0)
-    schedule_callbacks = build_schedule_callbacks(schedule, module.model, cfg.trainer.max_steps)
-    assert len(schedule_callbacks) == (2 if schedule.active else 0)
-    schedule_callbacks += build_activation_stage_callbacks(quant, module.model, cfg.trainer.max_steps)
-    assert len(schedule_callbacks) == (2 if schedule.active else 0) + (2 if quant.activation_schemes_at else 0)
-
     trainer_cfg = cfg.trainer
     if trainer_cfg.accelerator == "gpu" and not torch.cuda.is_available():
         trainer_cfg.accelerator, trainer_cfg.devices, trainer_cfg.precision = "cpu", 1, "32-true"
-    callbacks = [instantiate(spec) for spec in cfg.callbacks.values() if spec is not None] + schedule_callbacks
-    trainer = instantiate(trainer_cfg, logger=build_loggers(cfg.logger) or False, callbacks=callbacks)
+    if cfg.get("strategy") is not None and not torch.cuda.is_available():
+        cfg.strategy = None  # GPU strategies are built in tests/unit/parallel/test_strategies.py
+    trainer = build_trainer(cfg, module.model, max_steps=cfg.trainer.max_steps, quant=quant, schedule=schedule).trainer
+    plans = [c for c in trainer.callbacks if isinstance(c, StepPlanCallback)]
+    expected = int(schedule.active) + int(bool(quant.activation_schemes_at))
+    assert len(plans) == (1 if expected else 0) and (not plans or len(plans[0].plans) == expected)
     assert trainer.max_steps == cfg.trainer.max_steps
     assert Path(cfg.out_dir) == tmp_path
 
@@ -71,7 +71,7 @@ def distill_teacher(tmp_path_factory):
 
 @pytest.mark.parametrize("name", DISTILL)
 def test_distill_experiment_instantiates(name, tmp_path, distill_teacher):
-    from bitnet_train.distill.runner import read_settings
+    from bitnet_train.tasks.distill import read_settings
     from bitnet_train.distill.student import student_model_config
     from bitnet_train.distill.teacher import load_teacher
     from bitnet_train.lit.callbacks import StageCallback
@@ -92,13 +92,13 @@ def test_distill_experiment_instantiates(name, tmp_path, distill_teacher):
     callbacks = [instantiate(spec) for spec in cfg.callbacks.values() if spec is not None]
     callbacks.append(StageCallback(3, "distillation"))
     trainer = instantiate(trainer_cfg, logger=build_loggers(cfg.logger) or False, callbacks=callbacks)
-    assert any(type(c).__name__ == "StageRichProgressBar" for c in trainer.callbacks)
+    assert any(isinstance(c, StepProgressBar) for c in trainer.callbacks)
 
 
 @pytest.mark.parametrize("name", DISTILL)
 def test_distill_experiment_without_teacher_says_so(name, tmp_path):
     from bitnet_train.config import ConfigError
-    from bitnet_train.distill.runner import read_settings
+    from bitnet_train.tasks.distill import read_settings
 
     cfg = compose_config([f"+experiment={name}", f"out_dir={tmp_path}"])
     with pytest.raises(ConfigError, match=r"distill\.teacher is not set"):

@@ -7,8 +7,8 @@ one rank while another waits in a gradient all-reduce, and both wait forever (it
 CPU tasks under Slurm). This callback keeps Lightning's files and resume path but moves the work to
 a safe point, as Lightning itself handles SIGTERM: the handler only sets a flag; after every
 optimizer step the ranks all-reduce it, and if any rank was signalled all save the same checkpoint
-together, rank 0 requeues the job, and training stops. `run.train` then skips the end-of-run work.
-(With it, run.train turns Lightning's own SIGUSR1 handler off: SLURMEnvironment(auto_requeue=False).)
+together, rank 0 requeues the job, and training stops. The task then skips the end-of-run work (tasks/trainer.py).
+(With it, the trainer builder turns Lightning's own SIGUSR1 handler off: SLURMEnvironment(auto_requeue=False).)
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 `StageCallback(stage, name, total)` tags each checkpoint with `checkpoint["distill"] = {"stage", "name",
 "max_steps"}` (what a resumed run reads to know where to continue), logs the stage number as `stage`
-and writes one log line when the stage starts. `StageRichProgressBar` is Lightning's rich progress
-bar with the current stage (the module's `stage_label`) as its first item.
+and writes one log line when the stage starts. The progress bar (lit/callbacks/progress.py) shows the
+module's `stage_label`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import logging
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import RichProgressBar
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +36,3 @@ class StageCallback(L.Callback):
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         checkpoint["distill"] = {"stage": self.stage, "name": self.name, "max_steps": int(trainer.max_steps)}
-
-
-class StageRichProgressBar(RichProgressBar):
-    """RichProgressBar showing `stage: 2/3 continual pre-training` before the metrics."""
-
-    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
-        items = super().get_metrics(trainer, pl_module)
-        label = getattr(pl_module, "stage_label", None)
-        return {"stage": label, **items} if label else items

@@ -1,4 +1,4 @@
-"""DistillConfig: SPEC section 4 defaults, one-line errors naming the key, and the shipped YAML matches the dataclass."""
+"""BitDistillConfig: SPEC section 4 defaults, one-line errors naming the key, and the shipped YAML matches the dataclass."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import pytest
 from omegaconf import OmegaConf
 
 from bitnet_train.config import ConfigError, DataConfig, from_mapping, to_dict
-from bitnet_train.distill.config import AttentionRelationConfig, DistillationConfig, DistillConfig
+from bitnet_train.distill.config import AttentionRelationConfig, DistillStageConfig, BitDistillConfig
 from bitnet_train.paths import conf_dir
 
 
 def test_defaults_follow_the_reference_code():
-    cfg = DistillConfig(teacher="t")
+    cfg = BitDistillConfig(teacher="t")
     assert cfg.norms == "subln" and cfg.student == "teacher" and not cfg.trust_remote_code
     kd = cfg.stage3
     assert (kd.logit_weight, kd.attention_weight, kd.temperature, kd.tau_squared) == (10.0, 1e5, 5.0, True)
@@ -26,8 +26,8 @@ def test_defaults_follow_the_reference_code():
 def test_shipped_group_equals_the_dataclass_defaults():
     section = OmegaConf.load(conf_dir() / "distill" / "bitdistill.yaml")
     section.teacher = "t"
-    loaded = from_mapping(DistillConfig, "distill", section)
-    expected = to_dict(DistillConfig(teacher="t"))
+    loaded = from_mapping(BitDistillConfig, "distill", section)
+    expected = to_dict(BitDistillConfig(teacher="t"))
     got = to_dict(loaded)
     # stage data/optim overrides are all-null placeholders in YAML (null keeps the `data`/`optim` value)
     for stage in ("stage2", "stage3"):
@@ -61,20 +61,20 @@ def test_shipped_group_equals_the_dataclass_defaults():
 ])
 def test_bad_values_name_the_key(values, pattern):
     with pytest.raises(ConfigError, match=pattern) as err:
-        from_mapping(DistillConfig, "distill", values)
+        from_mapping(BitDistillConfig, "distill", values)
     assert "\n" not in str(err.value)
 
 
 def test_teacher_is_required():
     for teacher in (None, "", "  "):
         with pytest.raises(ConfigError, match=r"distill\.teacher is not set; give the full-precision teacher's folder"):
-            DistillConfig(teacher=teacher)
+            BitDistillConfig(teacher=teacher)
 
 
 def test_nested_sections_become_dataclasses():
-    cfg = from_mapping(DistillConfig, "distill", OmegaConf.create(
+    cfg = from_mapping(BitDistillConfig, "distill", OmegaConf.create(
         {"teacher": "t", "stage3": {"attention": {"layers": [-1, 3], "states": ["v"]}, "steps": 5}}))
-    assert isinstance(cfg.stage3, DistillationConfig) and isinstance(cfg.stage3.attention, AttentionRelationConfig)
+    assert isinstance(cfg.stage3, DistillStageConfig) and isinstance(cfg.stage3.attention, AttentionRelationConfig)
     assert cfg.stage3.attention.layers == [-1, 3] and cfg.stage3.attention.states == ["v"] and cfg.stage3.steps == 5
 
 

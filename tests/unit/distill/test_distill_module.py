@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from bitnet_train.config import ModelConfig, OptimConfig, QuantConfig, to_dict
-from bitnet_train.distill.config import DistillationConfig, DistillConfig
+from bitnet_train.distill.config import DistillStageConfig, BitDistillConfig
 from bitnet_train.distill.logit_cache import TeacherLogitCache
 from bitnet_train.distill.losses import logit_kl, logit_kl_top_k, teacher_top_k
 from bitnet_train.distill.student import load_teacher_weights, student_model_config
@@ -46,10 +46,10 @@ class Data(L.LightningDataModule):
 
 
 def _module(teacher, quant: QuantConfig, kd: dict, model: ModelConfig | None = None) -> DistillModule:
-    distill = DistillConfig(teacher="t", student="teacher" if model is None else "config")
+    distill = BitDistillConfig(teacher="t", student="teacher" if model is None else "config")
     cfg = student_model_config(teacher, distill, model or ModelConfig())
     module = DistillModule(to_dict(cfg), to_dict(quant), to_dict(OptimConfig(lr=1e-3, warmup_steps=0)),
-                           to_dict(DistillationConfig(**kd)))
+                           to_dict(DistillStageConfig(**kd)))
     if model is None:
         load_teacher_weights(module.model, teacher.model.state_dict())
     return module
@@ -69,7 +69,7 @@ KD = {"attention": {"layers": [-1], "relation_heads": 8}, "temperature": 2.0}
 
 @pytest.fixture(scope="module")
 def teacher(qwen2_teacher):
-    return load_teacher(DistillConfig(teacher=str(qwen2_teacher)))
+    return load_teacher(BitDistillConfig(teacher=str(qwen2_teacher)))
 
 
 def test_student_equal_to_teacher_has_zero_distillation_losses(teacher):

@@ -29,12 +29,12 @@ def converted(tmp_path_factory):
 
 
 def test_conversion_keeps_the_logits_and_is_cached(converted):
-    from bitnet_train.distill.config import DistillConfig
+    from bitnet_train.distill.config import BitDistillConfig
     from bitnet_train.distill.gguf import gguf_to_hf, is_converted
     from bitnet_train.distill.teacher import load_teacher
 
     gguf, folder, reference = converted
-    teacher = load_teacher(DistillConfig(teacher=str(folder)))
+    teacher = load_teacher(BitDistillConfig(teacher=str(folder)))
     assert teacher.config.model_type == "llama" and teacher.num_layers == 30 and teacher.vocab_size == 49152
     assert "quantization_config" not in teacher.config.to_dict()
     ids = torch.randint(0, 49152, (1, 16), generator=torch.Generator().manual_seed(0))
@@ -48,7 +48,7 @@ def test_conversion_keeps_the_logits_and_is_cached(converted):
 def test_tokenizer_and_student_mapping(converted):
     from bitnet_train.config import ModelConfig, QuantConfig
     from bitnet_train.data.tokenizer import load_tokenizer
-    from bitnet_train.distill.config import DistillConfig
+    from bitnet_train.distill.config import BitDistillConfig
     from bitnet_train.distill.student import load_teacher_weights, student_model_config
     from bitnet_train.distill.teacher import load_teacher
     from bitnet_train.models.decoder import CausalLM
@@ -59,11 +59,11 @@ def test_tokenizer_and_student_mapping(converted):
     assert tok.vocab_size == 49152 and tok.eos_id == 2
     text = "It is a truth universally acknowledged"
     assert tok.decode(tok.encode_batch([text])[0]) == text
-    teacher = load_teacher(DistillConfig(teacher=str(folder)))
+    teacher = load_teacher(BitDistillConfig(teacher=str(folder)))
     ids = torch.tensor(tok.encode_batch([text]))
     with torch.no_grad():
         expected = teacher(ids).logits
-        student = CausalLM(student_model_config(teacher, DistillConfig(teacher="t"), ModelConfig()))
+        student = CausalLM(student_model_config(teacher, BitDistillConfig(teacher="t"), ModelConfig()))
         quantize_model(student, QuantConfig(norm="none", weight_lambda=0.0, activation_lambda=0.0))
         load_teacher_weights(student, teacher.model.state_dict())
         torch.testing.assert_close(student(ids), expected, rtol=1e-4, atol=1e-4)

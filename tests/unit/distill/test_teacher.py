@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bitnet_train.config import ConfigError, ModelConfig, QuantConfig
-from bitnet_train.distill.config import AttentionRelationConfig, DistillConfig
+from bitnet_train.distill.config import AttentionRelationConfig, BitDistillConfig
 from bitnet_train.distill.student import load_teacher_weights, student_model_config
 from bitnet_train.distill.teacher import StateRecorder, load_teacher, relation_pairs
 from bitnet_train.models.decoder import CausalLM
@@ -22,26 +22,26 @@ def _ids(shape=(2, 12), seed=0):
 
 
 def _student(teacher, quant: QuantConfig) -> tuple[CausalLM, list[str]]:
-    model = CausalLM(student_model_config(teacher, DistillConfig(teacher="t"), ModelConfig()))
+    model = CausalLM(student_model_config(teacher, BitDistillConfig(teacher="t"), ModelConfig()))
     quantize_model(model, quant)
     return model, load_teacher_weights(model, teacher.model.state_dict())
 
 
 def test_teacher_is_frozen_in_eval_mode_without_gradients(qwen2_teacher):
-    teacher = load_teacher(DistillConfig(teacher=str(qwen2_teacher)))
+    teacher = load_teacher(BitDistillConfig(teacher=str(qwen2_teacher)))
     assert not teacher.model.training
     assert all(not p.requires_grad for p in teacher.model.parameters())
     assert next(teacher.model.parameters()).dtype == torch.float32  # CPU: float32 under teacher_dtype=auto
     out = teacher(_ids())
     assert out.logits.shape == (2, 12, 4096) and not out.logits.requires_grad
     assert teacher.num_layers == 3 and teacher.vocab_size == 4096
-    bf16 = load_teacher(DistillConfig(teacher=str(qwen2_teacher), teacher_dtype="bfloat16"))
+    bf16 = load_teacher(BitDistillConfig(teacher=str(qwen2_teacher), teacher_dtype="bfloat16"))
     assert next(bf16.model.parameters()).dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("kind", ["qwen2", "llama"])
 def test_student_without_quantization_and_new_norms_reproduces_teacher_logits(kind, qwen2_teacher, llama_teacher):
-    teacher = load_teacher(DistillConfig(teacher=str(qwen2_teacher if kind == "qwen2" else llama_teacher)))
+    teacher = load_teacher(BitDistillConfig(teacher=str(qwen2_teacher if kind == "qwen2" else llama_teacher)))
     ids = _ids()
     with torch.no_grad():
         expected = teacher(ids).logits
@@ -56,7 +56,7 @@ def test_student_without_quantization_and_new_norms_reproduces_teacher_logits(ki
 
 @pytest.mark.parametrize("norms,count", [("subln", 2), ("all_linear", 7)])
 def test_stage1_student_is_ternary_with_new_norms_at_one(norms, count, qwen2_teacher):
-    teacher = load_teacher(DistillConfig(teacher=str(qwen2_teacher)))
+    teacher = load_teacher(BitDistillConfig(teacher=str(qwen2_teacher)))
     student, new_norms = _student(teacher, QuantConfig(norm=norms))
     assert len(new_norms) == count * teacher.num_layers
     state = student.state_dict()
@@ -71,7 +71,7 @@ def test_stage1_student_is_ternary_with_new_norms_at_one(norms, count, qwen2_tea
 
 def test_recorded_states_are_the_same_for_teacher_and_mapped_student(qwen2_teacher):
     """Hooks on transformers' modules and on ours see the same q/k/v projections (before RoPE)."""
-    teacher = load_teacher(DistillConfig(teacher=str(qwen2_teacher)))
+    teacher = load_teacher(BitDistillConfig(teacher=str(qwen2_teacher)))
     student, _ = _student(teacher, QuantConfig(enabled=False))
     teacher.record([0, 2], ["q", "k", "v"])
     recorder = StateRecorder(student, [0, 2], ["q", "k", "v"])
@@ -98,7 +98,7 @@ def test_recorded_states_are_the_same_for_teacher_and_mapped_student(qwen2_teach
 
 
 def test_relation_pairs_checks_layers_and_heads(qwen2_teacher):
-    teacher = load_teacher(DistillConfig(teacher=str(qwen2_teacher)))
+    teacher = load_teacher(BitDistillConfig(teacher=str(qwen2_teacher)))
     student, _ = _student(teacher, QuantConfig())
     assert relation_pairs(teacher.model, student, AttentionRelationConfig(layers=[-1], relation_heads=8)) == [(2, 2)]
     assert relation_pairs(teacher.model, student, AttentionRelationConfig(
@@ -114,8 +114,8 @@ def test_relation_pairs_checks_layers_and_heads(qwen2_teacher):
 
 
 def test_student_from_config_takes_the_teacher_vocabulary(qwen2_teacher):
-    teacher = load_teacher(DistillConfig(teacher=str(qwen2_teacher)))
-    distill = DistillConfig(teacher="t", student="config")
+    teacher = load_teacher(BitDistillConfig(teacher=str(qwen2_teacher)))
+    distill = BitDistillConfig(teacher="t", student="config")
     cfg = student_model_config(teacher, distill, ModelConfig(hidden_size=32, num_attention_heads=2))
     assert cfg.vocab_size == 4096 and cfg.hidden_size == 32
     with pytest.raises(ConfigError, match=r"model\.vocab_size=100 differs from the teacher's vocabulary \(4096\)"):
@@ -126,7 +126,7 @@ def test_student_from_config_takes_the_teacher_vocabulary(qwen2_teacher):
 
 def _error(teacher: str, **kw) -> str:
     with pytest.raises(ConfigError) as err:
-        load_teacher(DistillConfig(teacher=teacher, **kw))
+        load_teacher(BitDistillConfig(teacher=teacher, **kw))
     assert "\n" not in str(err.value)
     return str(err.value)
 
@@ -137,7 +137,7 @@ def test_missing_teacher_path(tmp_path):
 
 def test_teacher_not_set():
     with pytest.raises(ConfigError, match=r"distill\.teacher is not set"):
-        DistillConfig()
+        BitDistillConfig()
 
 
 def test_teacher_file_or_folder_that_is_not_a_model(tmp_path):
@@ -165,13 +165,13 @@ def test_architecture_the_student_cannot_mirror(tmp_path):
 
     GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=2, n_positions=32)).save_pretrained(
         tmp_path / "gpt2")
-    teacher = load_teacher(DistillConfig(teacher=str(tmp_path / "gpt2")))
+    teacher = load_teacher(BitDistillConfig(teacher=str(tmp_path / "gpt2")))
     with pytest.raises(ConfigError, match=r"model_type='gpt2' cannot be mirrored"):
-        student_model_config(teacher, DistillConfig(teacher="t"), ModelConfig())
+        student_model_config(teacher, BitDistillConfig(teacher="t"), ModelConfig())
 
 
 def test_sliding_window_teacher_is_refused(tmp_path):
     folder = make_teacher(tmp_path / "sw", "qwen2", use_sliding_window=True, sliding_window=8, max_window_layers=0)
-    teacher = load_teacher(DistillConfig(teacher=str(folder)))
+    teacher = load_teacher(BitDistillConfig(teacher=str(folder)))
     with pytest.raises(ConfigError, match="sliding-window"):
-        student_model_config(teacher, DistillConfig(teacher="t"), ModelConfig())
+        student_model_config(teacher, BitDistillConfig(teacher="t"), ModelConfig())

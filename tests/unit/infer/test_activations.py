@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bitnet_train.infer.activations import is_known_scheme, quantize_activation
+from bitnet_train.infer.activations import is_known_scheme, encode_activation
 from bitnet_train.quant.functional import activation_codes
 
 
@@ -14,7 +14,7 @@ def _x():
 
 
 def test_int8_equals_training_codes():
-    codes, mult = quantize_activation(_x(), "int8_absmax")
+    codes, mult = encode_activation(_x(), "int8_absmax")
     ref_codes, s = activation_codes(_x(), 8)
     assert torch.equal(codes, ref_codes)
     torch.testing.assert_close(mult, (1 / s).squeeze(-1))
@@ -22,13 +22,13 @@ def test_int8_equals_training_codes():
 
 
 def test_int4_absmean_range_and_scale():
-    codes, mult = quantize_activation(_x(), "int4_absmean")
+    codes, mult = encode_activation(_x(), "int4_absmean")
     assert codes.min() >= -8 and codes.max() <= 7 and codes.min() < 0 < codes.max()
     torch.testing.assert_close(mult, _x().abs().mean(-1) / 7 ** 0.5)
 
 
 def test_topk_keeps_half():
-    codes, _ = quantize_activation(_x(), "int8_absmax_top50")
+    codes, _ = encode_activation(_x(), "int8_absmax_top50")
     assert ((codes != 0).sum(-1) <= 20).all()
     kept = _x().abs().topk(20, dim=-1).indices
     assert (codes.gather(-1, kept).abs() >= 0).all() and (codes.abs().amax(-1) == 127).all()
@@ -38,4 +38,4 @@ def test_scheme_names():
     assert is_known_scheme("int8_absmax") and is_known_scheme("int8_absmax_top50")
     assert not is_known_scheme("int8_absmax_top0") and not is_known_scheme("fp8")
     with pytest.raises(ValueError, match="unknown activation scheme"):
-        quantize_activation(_x(), "fp8")
+        encode_activation(_x(), "fp8")

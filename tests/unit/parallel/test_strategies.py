@@ -15,7 +15,7 @@ from bitnet_train.parallel.checkpoint import strategy_kind
 from bitnet_train.parallel.fsdp2 import FSDP2Strategy
 from bitnet_train.paths import conf_dir
 from bitnet_train.quant.bitlinear import BitLinear
-from bitnet_train.run import build_strategy
+from bitnet_train.tasks.trainer import build_strategy
 
 STRATEGIES = sorted(p.stem for p in (conf_dir() / "strategy").glob("*.yaml"))
 
@@ -67,7 +67,7 @@ def test_bad_deepspeed_settings_fail_in_one_line(overrides, message):
     with initialize_config_module("bitnet_train.conf", version_base="1.3"):
         cfg = compose("config", overrides=["strategy=deepspeed_zero2", "trainer.accelerator=cpu", *overrides])
     with pytest.raises(ConfigError) as err:
-        build_strategy(cfg.strategy)  # what run.train calls: the ConfigError itself, not Hydra's wrapper
+        build_strategy(cfg.strategy)  # what the trainer builder calls: the ConfigError itself, not Hydra's wrapper
     assert message in str(err.value) and "\n" not in str(err.value)
 
 

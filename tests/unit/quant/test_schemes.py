@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from bitnet_train.infer.activations import quantize_activation as runtime_codes
+from bitnet_train.infer.activations import encode_activation as runtime_codes
 from bitnet_train.quant.functional import quantize_activation, quantize_activation_scheme, scheme_codes, topk_sparsify
 from bitnet_train.quant.schemes import is_known_scheme, parse_scheme
 

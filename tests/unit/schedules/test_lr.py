@@ -7,7 +7,7 @@ import math
 import pytest
 
 from bitnet_train.config import OptimConfig
-from bitnet_train.schedules.lr import lr_multiplier, stage2_step, weight_decay_at
+from bitnet_train.schedules.lr import lr_multiplier, phase2_step, weight_decay_at
 
 
 def test_warmup_is_linear_from_first_step():
@@ -29,11 +29,11 @@ def test_linear_and_constant():
     assert lr_multiplier(7, 11, const) == 1.0
 
 
-def test_two_stage_matches_2b4t_numbers():
+def test_two_phase_matches_2b4t_numbers():
     # 1.5e-3 -> 8e-4 over stage one, then 5e-4 -> 0; weight decay 0.1 then 0.
-    cfg = OptimConfig(lr=1.5e-3, warmup_steps=0, schedule="two_stage", min_lr_ratio=0.0, weight_decay=0.1)
+    cfg = OptimConfig(lr=1.5e-3, warmup_steps=0, schedule="two_phase", min_lr_ratio=0.0, weight_decay=0.1)
     total = 1001
-    switch = stage2_step(cfg, total)
+    switch = phase2_step(cfg, total)
     assert switch == 500
     assert cfg.lr * lr_multiplier(0, total, cfg) == pytest.approx(1.5e-3)
     assert cfg.lr * lr_multiplier(switch - 1, total, cfg) == pytest.approx(8e-4, rel=0.01)
@@ -43,6 +43,6 @@ def test_two_stage_matches_2b4t_numbers():
     assert weight_decay_at(switch, total, cfg) == 0.0
 
 
-def test_weight_decay_constant_outside_two_stage():
+def test_weight_decay_constant_outside_two_phase():
     cfg = OptimConfig(schedule="cosine", weight_decay=0.05)
     assert weight_decay_at(10_000, 20_000, cfg) == 0.05

@@ -1,4 +1,4 @@
-"""BitDistill end to end: `python -m bitnet_train +experiment=distill_qwen distill.teacher=PATH`.
+"""The distillation task (`task: distill`), BitDistill end to end: `python -m bitnet_train +experiment=distill_qwen distill.teacher=PATH`.
 
 The stages run in order in one command, each in its own folder under the run folder:
   1 stage1_refine/student.ckpt      modeling refinement: the teacher mapped into our decoder, every linear but
@@ -7,8 +7,12 @@ The stages run in order in one command, each in its own folder under the run fol
                                     distill.stage2.tokens tokens (0 skips it), PretrainModule
   3 stage3_distill/checkpoints/     distillation: CE + lambda * logit KL + gamma * attention-relation KL on
                                     `data` + distill.stage3.data (packed text or prompt/answer), DistillModule
-A quantization schedule (`schedule=`, e.g. phasein_linear) phases the student in during stage 2; stage 3
-trains it fully quantized. `strategy=` is passed to each stage's trainer (file checkpoints, e.g. ddp).
+Each stage's trainer comes from the shared builder (tasks/trainer.py), as pretraining's does: the same
+callbacks, loggers, strategy (file checkpoints, e.g. ddp) and Slurm requeue handling. A Slurm preemption
+during stage 2 or 3 checkpoints and ends the job in that stage; the requeued job (`ckpt_path=auto`) resumes
+there. A quantization schedule (`schedule=`, e.g. phasein_linear) phases the student in during stage 2, and
+quant.activation_schemes_at (a4.8, v2: 8-bit activations first) switches during stage 2 as well; stage 3
+trains the student fully quantized with its final activation schemes.
 Every checkpoint carries its stage (`checkpoint["distill"]`), so `ckpt_path=` any of them resumes there
 (`ckpt_path=auto`: the newest in this run folder): a
 stage-1 file starts stage 2 from it, a stage-2 or stage-3 file continues that stage exactly (Lightning's
@@ -23,36 +27,32 @@ is tokenized, and the data before any training step.
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from bitnet_train.config import (ConfigError, DataConfig, ModelConfig, OptimConfig, QuantConfig, ScheduleConfig,
                                  from_mapping, to_dict)
 from bitnet_train.data import CausalLMDataModule
-from bitnet_train.distill.config import DistillConfig
+from bitnet_train.distill.config import BitDistillConfig
 from bitnet_train.distill.data import DistillDataModule
 from bitnet_train.distill.evaluate import validation_loss
 from bitnet_train.distill.logit_cache import TeacherLogitCache
 from bitnet_train.distill.student import load_teacher_weights, student_model_config
 from bitnet_train.distill.teacher import Teacher, load_teacher, relation_pairs
 from bitnet_train.lit.callbacks.stage import StageCallback
-from bitnet_train.lit.checkpoint_io import AtomicCheckpointIO, atomic_torch_save, load_checkpoint_file
+from bitnet_train.lit.checkpoint_io import atomic_torch_save, load_checkpoint_file
 from bitnet_train.lit.distill import DistillModule
-from bitnet_train.lit.loggers import build_loggers
 from bitnet_train.lit.pretrain import PretrainModule
 from bitnet_train.parallel.checkpoint import newest_resumable
-from bitnet_train.lit.callbacks.phase_in import build_schedule_callbacks
-from bitnet_train.run import check_resume, check_schedule, instantiate_checked, resolve_vocab, write_json_atomic
+from bitnet_train.tasks.checks import check_resume, check_schedule, check_seq_len, resolve_vocab
+from bitnet_train.tasks.trainer import RunTrainer, build_trainer, finish_run, fit
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ STAGE1_FILE = "student.ckpt"
 class Settings:
     """Every section a distillation run reads, validated."""
 
-    distill: DistillConfig
+    distill: BitDistillConfig
     quant: QuantConfig
     model: ModelConfig
     data2: DataConfig
@@ -100,7 +100,10 @@ def world_size_of(trainer_cfg: DictConfig) -> int:
 
 def read_settings(cfg: DictConfig) -> Settings:
     """All sections as validated dataclasses, and the checkpoint to resume from; nothing heavy is loaded."""
-    distill = from_mapping(DistillConfig, "distill", cfg.distill)
+    if cfg.get("distill") is None:
+        raise ConfigError("task=distill needs the distill group: run an experiment that sets it "
+                          "(+experiment=distill_qwen, distill_llama or distill_tiny) or add +distill=bitdistill")
+    distill = from_mapping(BitDistillConfig, "distill", cfg.distill)
     quant = from_mapping(QuantConfig, "quant", cfg.quant)
     if quant.enabled and quant.norm != distill.norms:
         raise ConfigError(f"quant.norm={quant.norm!r} differs from distill.norms={distill.norms!r}; set only "
@@ -114,6 +117,10 @@ def read_settings(cfg: DictConfig) -> Settings:
     if schedule.active and distill.stage2.tokens == 0:
         raise ConfigError("a quantization schedule phases the student in during stage 2, but distill.stage2.tokens=0; "
                           "give stage 2 tokens or set schedule=none")
+    if quant.enabled and quant.activation_schemes_at != 0 and distill.stage2.tokens == 0:
+        raise ConfigError(f"quant.activation_schemes_at={quant.activation_schemes_at} switches activation schemes "
+                          "during stage 2, but distill.stage2.tokens=0; give stage 2 tokens or set "
+                          "quant.activation_schemes_at=0 (stage 3 then trains with the final schemes throughout)")
     settings = Settings(
         distill=distill, quant=quant, model=from_mapping(ModelConfig, "model", cfg.model),
         data2=_merged(DataConfig, "distill.stage2.data", cfg.data, distill.stage2.data),
@@ -167,18 +174,17 @@ def _stage_cfg(cfg: DictConfig, stage_dir: Path, steps: int) -> DictConfig:
     return stage
 
 
-def _trainer(cfg: DictConfig, stage: int, steps: int, stage_dir: Path, settings: Settings,
-             extra_callbacks: list[L.Callback] | None = None) -> L.Trainer:
+def _trainer(cfg: DictConfig, stage: int, steps: int, stage_dir: Path, settings: Settings, module: PretrainModule,
+             step_plans: bool) -> RunTrainer:
+    """The stage's trainer from the shared builder; stage 2 carries the run's step plans (schedule, activation switch)."""
     stage_cfg = _stage_cfg(cfg, stage_dir, steps)
-    callbacks = [instantiate_checked(spec) for spec in (stage_cfg.get("callbacks") or {}).values() if spec is not None]
-    callbacks += [StageCallback(stage, STAGES[stage][0]), *(extra_callbacks or [])]
-    strategy = {"strategy": instantiate_checked(stage_cfg.strategy)} if stage_cfg.get("strategy") else {}
-    trainer: L.Trainer = instantiate(stage_cfg.trainer, logger=build_loggers(stage_cfg.get("logger")) or False,
-                                     callbacks=callbacks, plugins=[AtomicCheckpointIO()], **strategy)
-    if trainer.world_size != settings.world_size:
-        raise ConfigError(f"the trainer runs {trainer.world_size} processes, not the {settings.world_size} read from "
+    run = build_trainer(stage_cfg, module.model, max_steps=steps,
+                        quant=settings.quant if step_plans else None, schedule=settings.schedule if step_plans else None,
+                        callbacks=[StageCallback(stage, STAGES[stage][0])], hyperparams={"distill_stage": stage})
+    if run.trainer.world_size != settings.world_size:
+        raise ConfigError(f"the trainer runs {run.trainer.world_size} processes, not the {settings.world_size} read from "
                           "trainer.devices x trainer.num_nodes; set trainer.devices explicitly")
-    return trainer
+    return run
 
 
 def _eval_device() -> torch.device:
@@ -206,15 +212,17 @@ def _teacher_loss(teacher: Teacher, datamodule: CausalLMDataModule) -> dict[str,
         teacher.recorder = recorder
 
 
-def _fit(trainer: L.Trainer, module: PretrainModule, datamodule: CausalLMDataModule, ckpt: str | None
+def _fit(run: RunTrainer, module: PretrainModule, datamodule: CausalLMDataModule, ckpt: str | None
          ) -> dict[str, Any]:
-    started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
-    seconds = time.perf_counter() - started
+    trainer = run.trainer
+    seconds = fit(run, module, datamodule, ckpt)
+    out: dict[str, Any] = {"steps": int(trainer.global_step), "tokens_seen": int(module.tokens_seen),
+                           "train_seconds": round(seconds, 2), "resumed_from": ckpt}
+    if run.requeued:
+        return {**out, "requeued": True}
     final = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
     trainer.save_checkpoint(final)
-    out: dict[str, Any] = {"steps": int(trainer.global_step), "tokens_seen": int(module.tokens_seen),
-                           "train_seconds": round(seconds, 2), "checkpoint": str(final), "resumed_from": ckpt}
+    out["checkpoint"] = str(final)
     for key in ("train/loss", "train/ce", "train/logit_kl", "train/attn_kl"):
         value = trainer.callback_metrics.get(key)
         if value is not None:
@@ -248,9 +256,7 @@ class DistillationRun:
                 continue
             dm.prepare_data()
             resolve_vocab(self.student_cfg, dm.tokenizer.vocab_size, dm.tokenizer.name)
-            if dm.cfg.seq_len > self.student_cfg.max_position_embeddings:
-                raise ConfigError(f"data.seq_len={dm.cfg.seq_len} exceeds the student's max_position_embeddings="
-                                  f"{self.student_cfg.max_position_embeddings}; shorten data.seq_len")
+            check_seq_len(dm.cfg.seq_len, self.student_cfg, "student")
         per_step = settings.accumulate * settings.world_size
         d2, d3 = settings.data2, settings.data3
         self.steps2 = math.ceil(self.distill.stage2.tokens / (d2.batch_size * d2.seq_len * per_step)) \
@@ -258,6 +264,7 @@ class DistillationRun:
         self.steps3 = self.kd.steps if self.kd.steps is not None else \
             math.ceil(self.kd.epochs * len(self.data3.train_blocks) / (d3.batch_size * per_step))
         self.weights: dict[str, torch.Tensor] = {}
+        self.requeued = False  # a Slurm preemption ended a stage: the requeued job resumes it
         self.metrics: dict[str, Any] = {
             "teacher": self.teacher.source, "student_parameters": self.student.model.num_parameters(),
             "quantized_linears": len(self.student.quantized_names),
@@ -322,9 +329,11 @@ class DistillationRun:
             return
         module = self.build(_with_warmup(self.settings.optim2, self.distill.stage2.warmup_fraction, self.steps2))
         module.model.load_state_dict(self.weights)
-        phase_in = build_schedule_callbacks(self.settings.schedule, module.model, self.steps2)  # schedule=
-        trainer = _trainer(self.cfg, 2, self.steps2, self.out_dir / STAGES[2][1], self.settings, phase_in)
-        self.metrics["stage2"] = _fit(trainer, module, self.data2, self._checkpoint_for(2))
+        run = _trainer(self.cfg, 2, self.steps2, self.out_dir / STAGES[2][1], self.settings, module, step_plans=True)
+        self.metrics["stage2"] = _fit(run, module, self.data2, self._checkpoint_for(2))
+        if run.requeued:
+            self.requeued = True
+            return
         if self.distill.eval_stages or self.steps3 == 0:
             self.metrics["stage2"]["val"] = _student_loss(module.model, self.data3)
         self.weights = module.model.state_dict()
@@ -351,13 +360,17 @@ class DistillationRun:
         ckpt = self._checkpoint_for(3)
         if ckpt is not None:
             check_resume(ckpt, module)
-        trainer = _trainer(self.cfg, 3, self.steps3, self.out_dir / STAGES[3][1], settings)
-        self.metrics["stage3"] = _fit(trainer, module, self.data3, ckpt)
+        run = _trainer(self.cfg, 3, self.steps3, self.out_dir / STAGES[3][1], settings, module, step_plans=False)
+        self.metrics["stage3"] = _fit(run, module, self.data3, ckpt)
+        if run.requeued:
+            self.requeued = True
+            return
         if cache is not None:
             self.metrics["stage3"]["logit_cache"] = {"dir": str(cache.dir), "filled": cache.filled_count()}
         self.metrics["stage3"]["val"] = _student_loss(module.model, self.data3)
 
-    def run(self) -> dict[str, Any]:
+    def run(self) -> dict[str, Any] | None:
+        """The remaining stages; their metrics, or None when Slurm preempted a stage (the requeued job goes on)."""
         metrics = self.metrics
         if self.distill.eval_teacher:
             metrics["teacher_val"] = _teacher_loss(self.teacher, self.data3)
@@ -366,6 +379,9 @@ class DistillationRun:
         for stage in (self.stage1, self.stage2, self.stage3):
             stage()
             gc.collect()  # the previous stage's module, optimizer and trainer
+            if self.requeued:
+                log.info("preempted in %s; the requeued job resumes there (ckpt_path=auto)", stage.__name__)
+                return None
         final = metrics["stage3"].get("val") or metrics.get("stage2", {}).get("val") or metrics["stage1"].get("val")
         if final is None:  # stage 1 only, not evaluated: the stage-1 (or resumed) student
             self.student.model.load_state_dict(self.weights)
@@ -378,13 +394,7 @@ class DistillationRun:
 def run_distillation(cfg: DictConfig) -> dict[str, Any]:
     """Run the stages of BitDistill that remain (all of them, or those after a resumed checkpoint)."""
     metrics = DistillationRun(cfg).run()
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    if not distributed or torch.distributed.get_rank() == 0:
-        out_dir = Path(cfg.out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(metrics, out_dir / "metrics.json")
-        OmegaConf.save(cfg, out_dir / "config_resolved.yaml", resolve=True)
-        log.info("metrics: %s", json.dumps({k: v for k, v in metrics.items() if k != "data"}))
-    if distributed:
-        torch.distributed.destroy_process_group()
-    return metrics
+    if metrics is None:
+        finish_run(cfg, None)
+        return {"requeued": True}
+    return finish_run(cfg, metrics)
