@@ -30,5 +30,11 @@ train: setup
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# ruff over every package, test and tool folder (pyproject's [tool.ruff] lists them), and the import-layer
+# contracts of [tool.importlinter] (no module imports a layer above its own; no import circles).
+lint: setup
+	$(PY) -m ruff check
+	$(VENV)/bin/lint-imports
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

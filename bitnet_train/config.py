@@ -144,7 +144,7 @@ class QuantConfig:
         self._check_activation_schemes()
 
     def _check_activation_schemes(self) -> None:
-        from bitnet_train.quant.schemes import KNOWN, is_known_scheme
+        from bitnet_train.activation_schemes import KNOWN, is_known_scheme
 
         s = "quant"
         if not isinstance(self.activation_schemes, Mapping):

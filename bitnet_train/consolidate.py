@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoint", type=Path, help="a .ckpt file or an FSDP2 / DeepSpeed checkpoint folder")
     parser.add_argument("output", type=Path, nargs="?", help="output .ckpt (default: <name>-consolidated.ckpt beside it)")
     args = parser.parse_args(argv)
-    from bitnet_train.parallel.checkpoint import consolidate
+    from bitnet_train.lit.run_checkpoints import consolidate
 
     output = args.output or default_output(args.checkpoint)
     try:

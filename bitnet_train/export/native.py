@@ -32,7 +32,7 @@ from bitnet_train.config import ConfigError, ModelConfig, from_mapping, to_dict
 from bitnet_train.export.source import Source
 from bitnet_train.export.ternary import TernaryLayer, dense_tensors, ternary_layers
 from bitnet_train.export.tokenizer_files import native_tokenizer_files, tokenizer_from_files, tokenizer_kind
-from bitnet_train.infer.activations import is_known_scheme
+from bitnet_train.activation_schemes import is_known_scheme
 from bitnet_train.kernels.packing import k2_invalid_codes, k3_invalid_codes, pack_k2, pack_k3, repack_k3_to_k2
 from bitnet_train.quant.hadamard import is_power_of_two
 

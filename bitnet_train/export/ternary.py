@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from bitnet_train.config import ConfigError
-from bitnet_train.infer.activations import is_known_scheme
+from bitnet_train.activation_schemes import is_known_scheme
 from bitnet_train.quant.bitlinear import BitLinear
 from bitnet_train.quant.convert import bitlinear_modules
 from bitnet_train.quant.functional import weight_scale

@@ -3,7 +3,7 @@
 Each returns integer codes (int8) and a per-token multiplier a (fp32) with x ~= codes * a, which the
 ternary matmul applies in its epilogue (kernels/reference.py). The arithmetic is training's own:
 quant/functional.scheme_codes computes the codes and multipliers of every scheme (names in
-quant/schemes.py), so an exported model quantizes exactly as it trained.
+activation_schemes.py), so an exported model quantizes exactly as it trained.
 
 - `int8_absmax` (BitNet b1.58, every projection): s = 127 / max|x| (clamped at 1e-5),
   codes = clamp(round(x * s), -128, 127), a = 1 / s.
@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from bitnet_train.quant.functional import scheme_codes
-from bitnet_train.quant.schemes import is_known_scheme
+from bitnet_train.activation_schemes import is_known_scheme
 
 __all__ = ["int4_absmean", "int8_absmax", "is_known_scheme", "encode_activation"]
 

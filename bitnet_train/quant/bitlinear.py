@@ -13,7 +13,7 @@ transition use it: before, the layer computes exactly the nn.Linear it replaced)
 The latent weight stays in full precision and is what the optimizer updates.
 
 BitNet a4.8 / v2 (SPEC section 2): `activation_scheme` names the layer's activation quantizer
-(quant/schemes.py: int8_absmax, int4_absmean, int8_absmax_topNN; None is the b1.58 absmax at
+(activation_schemes.py: int8_absmax, int4_absmean, int8_absmax_topNN; None is the b1.58 absmax at
 `activation_bits`); the export records it and the runtime runs the same one. `scheme_active = False`
 is the 8-bit first stage of two-stage training (int8_absmax whatever the scheme). `hadamard_block`
 makes it BitNet v2's H-BitLinear: after the input norm the activation is rotated by the normalized

@@ -12,7 +12,7 @@ is full precision and lam = 1 the quantizer. The backward pass is the identity f
 The identity gradient is a custom autograd function so that training pays for one quantized copy
 and no extra autograd nodes; torch.compile traces it.
 
-Per-projection schemes (quant/schemes.py; BitNet a4.8, arXiv 2411.04965, and BitNet v2, 2504.18415):
+Per-projection schemes (activation_schemes.py; BitNet a4.8, arXiv 2411.04965, and BitNet v2, 2504.18415):
   int8_absmax        the b1.58 activation quantizer above.
   int4_absmean       beta = mean(|x|) per token; codes = clamp(round(sqrt(7) * x / (beta + 1e-5)), -8, 7);
                      x_q = codes * beta / sqrt(7). This is a4.8's INT4 quantizer (SPEC section 2 marks its
@@ -37,7 +37,7 @@ import math
 
 import torch
 
-from bitnet_train.quant.schemes import parse_scheme
+from bitnet_train.activation_schemes import parse_scheme
 
 SCALE_EPS = 1e-5
 """Lower clamp of weight and activation scales (reference code)."""
@@ -174,7 +174,7 @@ def _fake_quant_scheme(x: torch.Tensor, scheme: str, lam: float | torch.Tensor) 
 
 
 def quantize_activation_scheme(x: torch.Tensor, scheme: str, lam: float | torch.Tensor = 1.0) -> torch.Tensor:
-    """Fake-quantized activation under `scheme` (quant/schemes.py) with STE gradient to every entry of x.
+    """Fake-quantized activation under `scheme` (activation_schemes.py) with STE gradient to every entry of x.
 
     `int8_absmax` is exactly quantize_activation(x, 8, lam)."""
     if scheme == "int8_absmax":

@@ -8,7 +8,7 @@ import lightning as L
 
 from bitnet_train.config import ConfigError, ModelConfig, QuantConfig, ScheduleConfig
 from bitnet_train.lit.checkpoint_io import load_checkpoint_file
-from bitnet_train.parallel.checkpoint import check_resumable
+from bitnet_train.lit.run_checkpoints import check_resumable
 
 
 def resolve_vocab(model: ModelConfig, tokenizer_vocab: int, tokenizer_name: str) -> ModelConfig:

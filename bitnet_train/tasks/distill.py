@@ -50,7 +50,7 @@ from bitnet_train.lit.callbacks.stage import StageCallback
 from bitnet_train.lit.checkpoint_io import atomic_torch_save, load_checkpoint_file
 from bitnet_train.lit.distill import DistillModule
 from bitnet_train.lit.pretrain import PretrainModule
-from bitnet_train.parallel.checkpoint import newest_resumable
+from bitnet_train.lit.run_checkpoints import newest_resumable
 from bitnet_train.tasks.checks import check_resume, check_schedule, check_seq_len, resolve_vocab
 from bitnet_train.tasks.trainer import RunTrainer, build_trainer, finish_run, fit
 

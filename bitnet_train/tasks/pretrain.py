@@ -22,8 +22,8 @@ from bitnet_train.config import (ConfigError, DataConfig, ModelConfig, OptimConf
                                  from_mapping, to_dict)
 from bitnet_train.data import CausalLMDataModule
 from bitnet_train.lit.pretrain import PretrainModule
-from bitnet_train.models.init_from import InitSource, read_init_source
-from bitnet_train.parallel.checkpoint import newest_resumable
+from bitnet_train.tasks.init_source import InitSource, read_init_source
+from bitnet_train.lit.run_checkpoints import newest_resumable
 from bitnet_train.tasks.checks import check_max_steps, check_resume, check_schedule, check_seq_len, resolve_vocab
 from bitnet_train.tasks.trainer import build_strategy, build_trainer, finish_run, fit
 

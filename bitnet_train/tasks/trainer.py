@@ -34,7 +34,7 @@ from bitnet_train.lit.callbacks.step_plan import build_step_plan_callbacks
 from bitnet_train.lit.checkpoint_io import AtomicCheckpointIO
 from bitnet_train.lit.console import clean_console
 from bitnet_train.lit.loggers import build_loggers
-from bitnet_train.parallel.checkpoint import remove_requeue_checkpoints
+from bitnet_train.lit.run_checkpoints import remove_requeue_checkpoints
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bitnet_train.parallel.checkpoint import checkpoint_kind, consolidate
+from bitnet_train.lit.run_checkpoints import checkpoint_kind, consolidate
 from bitnet_train.lit.pretrain import PretrainModule
 from bitnet_train.run import train
 from conftest import REPO, SMALL, compose_config

@@ -8,7 +8,7 @@ from transformers import BitNetConfig, BitNetForCausalLM, LlamaConfig, LlamaForC
 
 from bitnet_train.config import ConfigError, ModelConfig, OptimConfig, QuantConfig, ScheduleConfig, to_dict
 from bitnet_train.lit.pretrain import PretrainModule
-from bitnet_train.models.init_from import read_init_source
+from bitnet_train.tasks.init_source import read_init_source
 from bitnet_train.quant import bitlinear_modules
 from bitnet_train.schedules.phase_in import PhaseInPlan
 

@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 
 from bitnet_train.config import ConfigError
-from bitnet_train.parallel.checkpoint import strategy_kind
+from bitnet_train.lit.run_checkpoints import strategy_kind
 from bitnet_train.parallel.fsdp2 import FSDP2Strategy
 from bitnet_train.paths import conf_dir
 from bitnet_train.quant.bitlinear import BitLinear

@@ -10,7 +10,7 @@ import torch
 
 from bitnet_train.infer.activations import encode_activation as runtime_codes
 from bitnet_train.quant.functional import quantize_activation, quantize_activation_scheme, scheme_codes, topk_sparsify
-from bitnet_train.quant.schemes import is_known_scheme, parse_scheme
+from bitnet_train.activation_schemes import is_known_scheme, parse_scheme
 
 SCHEMES = ["int8_absmax", "int4_absmean", "int8_absmax_top50", "int8_absmax_top25"]
 

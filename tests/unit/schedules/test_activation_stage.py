@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from bitnet_train.config import ConfigError, QuantConfig, to_dict
-from bitnet_train.lit.callbacks.activation_stage import ActivationStageCallback, build_activation_stage_callbacks
+from bitnet_train.lit.callbacks.step_plan import StepPlanCallback, build_step_plan_callbacks
 from bitnet_train.lit.callbacks.transitions import TransitionCallback
 from bitnet_train.lit.pretrain import PretrainModule
 from bitnet_train.quant.convert import bitlinear_modules
@@ -31,13 +31,13 @@ def test_plan_is_a_function_of_the_step():
 
 def test_builder():
     module = PretrainModule(MODEL, to_dict(QuantConfig(activation_schemes=A48)), {})
-    assert build_activation_stage_callbacks(QuantConfig(activation_schemes=A48), module.model, 10) == []
-    cbs = build_activation_stage_callbacks(QuantConfig(activation_schemes=A48, activation_schemes_at=0.5),
-                                           module.model, 10)
-    assert [type(c) for c in cbs] == [ActivationStageCallback, TransitionCallback]
-    assert cbs[1].transitions[0].step == 5
+    assert build_step_plan_callbacks(None, QuantConfig(activation_schemes=A48), module.model, 10) == []
+    cbs = build_step_plan_callbacks(None, QuantConfig(activation_schemes=A48, activation_schemes_at=0.5),
+                                    module.model, 10)
+    assert [type(c) for c in cbs] == [StepPlanCallback, TransitionCallback]
+    assert [type(p) for p in cbs[0].plans] == [ActivationStagePlan] and cbs[1].transitions[0].step == 5
     with pytest.raises(ConfigError, match="not before the end of the run"):
-        build_activation_stage_callbacks(QuantConfig(activation_schemes=A48, activation_schemes_at=10), module.model, 10)
+        build_step_plan_callbacks(None, QuantConfig(activation_schemes=A48, activation_schemes_at=10), module.model, 10)
 
 
 class _Probe(L.Callback):
@@ -75,7 +75,7 @@ def test_switch_happens_at_the_configured_step(policy, tmp_path):
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
                         val_check_interval=2, check_val_every_n_epoch=None, limit_val_batches=1,
                         num_sanity_val_steps=0,
-                        callbacks=[*build_activation_stage_callbacks(quant, module.model, 6), probe])
+                        callbacks=[*build_step_plan_callbacks(None, quant, module.model, 6), probe])
     trainer.fit(module, DataLoader(_batches(), batch_size=4), DataLoader(_batches(4), batch_size=4))
     assert probe.stage == {0: {False}, 1: {False}, 2: {False}, 3: {True}, 4: {True}, 5: {True}}
     assert probe.val_stage == [(2, {False}), (4, {True}), (6, {True})]

@@ -11,7 +11,7 @@ from lightning.pytorch.strategies import DDPStrategy
 
 from bitnet_train.config import ConfigError
 from bitnet_train.consolidate import default_output, main
-from bitnet_train.parallel.checkpoint import (check_resumable, checkpoint_kind, complete_state_dict, consolidate,
+from bitnet_train.lit.run_checkpoints import (check_resumable, checkpoint_kind, complete_state_dict, consolidate,
                                           newest_resumable)
 from bitnet_train.parallel.fsdp2 import FSDP2Strategy
 from bitnet_train.lit.pretrain import PretrainModule
