@@ -98,6 +98,51 @@ def test_sbatch_template_two_tasks_requeued_on_preemption(slurm, data_cache, tmp
     assert (run_dir / "logs" / "metrics.csv").is_file()
 
 
+def test_distillation_preempted_in_stage2_resumes_there(slurm, data_cache, tmp_path):
+    """BitDistill under the sbatch template: SIGUSR1 during stage 2 checkpoints and ends the job in stage 2
+    (stage 3 does not start in the preempted job); the requeued job resumes stage 2 from that checkpoint,
+    finishes it and runs stage 3."""
+    from distill_helpers import make_teacher
+
+    from bitnet_train.paths import shipped_dir
+
+    teacher = make_teacher(tmp_path / "teacher", "qwen2")
+    run_dir, out = tmp_path / "run", tmp_path / "job.out"
+    stage2_steps = 60
+    env = {"PYTHON": sys.executable, "TRAINER": "default", "RUN_DIR": str(run_dir), "PYTHONWARNINGS": "ignore"}
+    job = slurm.sbatch(["--gpus-per-node=0", "--ntasks-per-node=1", "--cpus-per-task=2", "--time=10",
+                        "--job-name=bitnet-test-distill", f"--output={out}",
+                        str(REPO / "launch/slurm/single_node.sbatch"), "+experiment=distill_tiny",
+                        f"distill.teacher={teacher}", "trainer.accelerator=cpu", "callbacks.progress=null",
+                        "trainer.enable_model_summary=false",
+                        f"data.tokenizer={shipped_dir() / 'tokenizer' / 'austen_sp4096.model'}",
+                        f"data.cache_dir={data_cache}", "data.seq_len=32", "data.batch_size=2", "data.max_val_blocks=4",
+                        f"distill.stage2.tokens={stage2_steps * 2 * 32}", "distill.stage3.steps=4",
+                        "distill.stage3.attention.layers=[-1]", "distill.stage3.attention.relation_heads=8",
+                        "distill.eval_stages=false", "callbacks.checkpoint.every_n_train_steps=1000"],
+                       env=env, cwd=REPO)
+    stage2 = run_dir / "stage2_continual"
+    _wait_for(lambda: _trained_steps(stage2) >= 5, 240, "stage-2 training steps", slurm)
+    slurm.run(["scancel", "--signal=USR1", str(job)])
+    _wait_for(lambda: slurm.job_state(job)[0] == "PENDING", 90, "requeued job", slurm)
+    saved = list(stage2.glob("hpc_ckpt_*.ckpt"))
+    assert saved, sorted(p.name for p in stage2.iterdir())
+    preempted_at = torch.load(saved[0], map_location="cpu", weights_only=False)
+    assert preempted_at["distill"]["stage"] == 2 and 0 < preempted_at["global_step"] < stage2_steps
+    assert not (run_dir / "stage3_distill").exists() and not (run_dir / "metrics.json").exists()
+    slurm.run(["scontrol", "update", f"JobId={job}", "StartTime=now"])
+    state, code = slurm.wait_job(job, 300)
+    log = out.read_text(errors="replace")
+    assert (state, code) == ("COMPLETED", "0:0"), f"{state} {code}\n{log[-3000:]}\n{slurm.logs()}"
+    assert "(restart 1)" in log and "preempted in stage2" in log
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["resumed_from"].endswith("hpc_ckpt_1.ckpt")
+    assert metrics["stage2"]["steps"] == stage2_steps and metrics["stage2"]["resumed_from"].endswith("hpc_ckpt_1.ckpt")
+    assert metrics["stage2"]["tokens_seen"] == stage2_steps * 2 * 32  # nothing lost or repeated across the requeue
+    assert metrics["stage3"]["steps"] == 4
+    assert not list(stage2.glob("hpc_ckpt_*.ckpt"))  # consumed once stage 2 finished
+
+
 def test_multi_node_template_trains_fsdp2_across_two_nodes(slurm, data_cache, tmp_path):
     """launch/slurm/multi_node.sbatch: 2 nodes x 1 task, FSDP2 sharded across the nodes."""
     run_dir, out = tmp_path / "run", tmp_path / "job.out"
