@@ -198,6 +198,57 @@ def test_activation_schemes_at_switches_during_stage2(teacher, data_cache, tmp_p
     assert [active for _, (_, active) in seen] == [False, False, True, True, True, True]
 
 
+def test_slurm_requeue_signal_in_stage2_stops_there_and_the_requeued_run_resumes(teacher, data_cache, tmp_path,
+                                                                                  monkeypatch):
+    """Inside a Slurm job, the requeue signal during stage 2 checkpoints at a step boundary, asks Slurm to
+    requeue and ends the run in stage 2 (stage 3 does not start, no metrics.json); the requeued run
+    (ckpt_path=auto) resumes stage 2 from that checkpoint and ends with the uninterrupted run's student."""
+    import os
+    import signal
+
+    import lightning as L
+
+    from bitnet_train.lit.callbacks import slurm_requeue
+    from bitnet_train.tasks import trainer as run_trainer
+
+    straight = tmp_path / "straight"
+    _in_process(_args(teacher, data_cache, straight), straight, "distill.eval_stages=false")
+
+    for key, value in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "distill", "SLURM_JOB_ID": "77", "SLURM_PROCID": "0",
+                       "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost"}.items():
+        monkeypatch.setenv(key, value)
+    requeued: list[list[str]] = []
+    monkeypatch.setattr(slurm_requeue.subprocess, "run",
+                        lambda cmd, **kw: requeued.append(cmd) or subprocess_result())
+
+    class Preempt(L.Callback):  # Slurm's warning signal, delivered during stage 2's step 2
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if pl_module.stage_label.startswith("2/") and trainer.global_step == 2:
+                os.kill(os.getpid(), signal.SIGUSR1)
+
+    original = run_trainer.build_step_plan_callbacks
+    monkeypatch.setattr(run_trainer, "build_step_plan_callbacks", lambda *a: [*original(*a), Preempt()])
+    out = tmp_path / "preempted"
+    args = _args(teacher, data_cache, out)
+    first = _in_process(args, out, "distill.eval_stages=false", "ckpt_path=auto")
+    assert first == {"requeued": True} and requeued == [["scontrol", "requeue", "77"]]
+    saved = torch.load(out / "stage2_continual" / "hpc_ckpt_1.ckpt", weights_only=False)
+    assert saved["distill"]["stage"] == 2 and saved["global_step"] == 3  # the step boundary after the signal
+    assert not (out / "stage3_distill").exists() and not (out / "metrics.json").exists()
+
+    monkeypatch.setattr(run_trainer, "build_step_plan_callbacks", original)
+    second = _in_process(args, out, "distill.eval_stages=false", "ckpt_path=auto")
+    assert second["resumed_from"].endswith("hpc_ckpt_1.ckpt") and second["stage2"]["tokens_seen"] == 256
+    assert second["stage3"]["steps"] == 4 and not list((out / "stage2_continual").glob("hpc_ckpt_*"))
+    _same_student(straight, out)
+
+
+def subprocess_result():
+    import subprocess
+
+    return subprocess.CompletedProcess(["scontrol"], 0, "", "")
+
+
 def test_distill_settings_that_do_not_fit(teacher, data_cache, tmp_path):
     from bitnet_train.config import ConfigError
 

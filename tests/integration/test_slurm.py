@@ -134,7 +134,8 @@ def test_distillation_preempted_in_stage2_resumes_there(slurm, data_cache, tmp_p
     state, code = slurm.wait_job(job, 300)
     log = out.read_text(errors="replace")
     assert (state, code) == ("COMPLETED", "0:0"), f"{state} {code}\n{log[-3000:]}\n{slurm.logs()}"
-    assert "(restart 1)" in log and "preempted in stage2" in log
+    assert "(restart 1)" in log and "stage 2/3 continual pre-training: steps 0..60" in log
+    assert log.index("(restart 1)") < log.index("stage 3/3 distillation")  # stage 3 ran in the requeued job only
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["resumed_from"].endswith("hpc_ckpt_1.ckpt")
     assert metrics["stage2"]["steps"] == stage2_steps and metrics["stage2"]["resumed_from"].endswith("hpc_ckpt_1.ckpt")
