@@ -61,6 +61,8 @@ class ModelConfig:
     qk_norm: bool = False
     """RMSNorm on each query and key head before RoPE (Qwen3 style)."""
     initializer_range: float = 0.02
+    depth_scaled_init: bool = False
+    """Start o_proj and down_proj at initializer_range / sqrt(2 * num_hidden_layers) (GPT-2 / Megatron-LM)."""
 
     def __post_init__(self) -> None:
         s = "model"

@@ -26,6 +26,8 @@ the same computation, so cached decoding equals the cache-free forward.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -248,11 +250,16 @@ class CausalLM(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Normal(0, initializer_range) for linears and embeddings, zero biases, ones for norms."""
+        """Normal(0, initializer_range) for linears and embeddings, zero biases, ones for norms.
+
+        With depth_scaled_init the residual branches' output projections (o_proj, down_proj) start at
+        initializer_range / sqrt(2 * num_hidden_layers), as GPT-2 and Megatron-LM initialize them.
+        """
         std = self.config.initializer_range
-        for module in self.modules():
+        out_std = std / math.sqrt(2 * self.config.num_hidden_layers) if self.config.depth_scaled_init else std
+        for name, module in self.named_modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
-                module.weight.normal_(0.0, std)
+                module.weight.normal_(0.0, out_std if name.endswith(("o_proj", "down_proj")) else std)
                 if getattr(module, "bias", None) is not None:
                     module.bias.zero_()
             elif isinstance(module, RMSNorm):

@@ -1,0 +1,131 @@
+"""Why the sub-norm (SubLN) network trains worse at small scale: controlled runs of the default tiny model.
+
+    python tools/norm_study.py                         # every run below, one after another, then the table
+    python tools/norm_study.py --runs b158_subln b158_none --steps 1200 --out outputs/norm_study_1200
+    python tools/norm_study.py --analyze-only          # the table from finished runs
+
+Every run is `python -m bitnet_train` with the same seed, data order, model shape and steps (default
+300 steps of 8 x 256 tokens, the issue's setting); a run differs from its reference in the overrides
+listed in RUNS only. "fp" runs keep the network of their b1.58 twin (the same BitLinear modules and
+norms) at quantization strength 0 (quant.weight_lambda=0, quant.activation_lambda=0), or use plain
+nn.Linear (quant=fp) for the network without norms. The table gives the validation perplexity
+(metrics.json), the mean training loss over steps 1-50 and 251-300 (logs/metrics.csv: a slow start
+against a worse end) and the wall time. Results also go to --out/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+FP_SAME_NET = ["quant.weight_lambda=0", "quant.activation_lambda=0"]
+RUNS: dict[str, list[str]] = {
+    # the issue's table
+    "fp_none": ["quant=fp"],
+    "fp_subln": [*FP_SAME_NET],
+    "b158_none": ["quant.norm=none"],
+    "b158_subln": [],
+    # learning rate (1.5e-3 is the default)
+    "b158_subln_lr7.5e-4": ["optim.lr=7.5e-4"],
+    "b158_subln_lr3e-3": ["optim.lr=3e-3"],
+    "b158_subln_lr6e-3": ["optim.lr=6e-3"],
+    "b158_none_lr3e-3": ["quant.norm=none", "optim.lr=3e-3"],
+    "b158_none_lr6e-3": ["quant.norm=none", "optim.lr=6e-3"],
+    "fp_none_lr7.5e-4": ["quant=fp", "optim.lr=7.5e-4"],
+    "fp_none_lr3e-3": ["quant=fp", "optim.lr=3e-3"],
+    "fp_subln_lr7.5e-4": [*FP_SAME_NET, "optim.lr=7.5e-4"],
+    # initialization of the blocks' output projections and of the new norms' gains
+    "b158_subln_depthinit": ["model.depth_scaled_init=true"],
+    "fp_subln_depthinit": [*FP_SAME_NET, "model.depth_scaled_init=true"],
+    "b158_none_depthinit": ["quant.norm=none", "model.depth_scaled_init=true"],
+    # the FFN activation: relu^2's tiny outputs at init against SiLU
+    "b158_subln_silu": ["model.hidden_act=silu"],
+    "b158_none_silu": ["quant.norm=none", "model.hidden_act=silu"],
+}
+
+
+def run(name: str, args: argparse.Namespace) -> None:
+    out = Path(args.out) / name
+    if (out / "metrics.json").is_file() and not args.force:
+        print(f"[{name}] done already ({out}); --force to rerun", flush=True)
+        return
+    if out.exists():
+        shutil.rmtree(out)
+    cmd = [sys.executable, "-m", "bitnet_train", *RUNS[name], *args.extra, f"trainer.max_steps={args.steps}",
+           f"trainer.val_check_interval={args.steps}", f"callbacks.checkpoint.every_n_train_steps={args.steps}",
+           "callbacks.progress=null", "trainer.enable_model_summary=false", "trainer.log_every_n_steps=1",
+           f"seed={args.seed}", f"hydra.run.dir={out}", f"task_name={name}"]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), WANDB_MODE="offline")
+    print(f"[{name}] {' '.join(cmd[3:])}", flush=True)
+    started = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "train.log", "w") as logf:
+        proc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"[{name}] failed (exit {proc.returncode}); see {out / 'train.log'}")
+    print(f"[{name}] finished in {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def _train_losses(out: Path) -> list[float]:
+    rows = list(csv.DictReader(open(out / "logs" / "metrics.csv")))
+    by_step: dict[int, float] = {}
+    for row in rows:
+        if row.get("train/loss"):
+            by_step[int(row["step"])] = float(row["train/loss"])
+    return [by_step[k] for k in sorted(by_step)]
+
+
+def analyze(names: list[str], args: argparse.Namespace) -> list[dict]:
+    rows = []
+    for name in names:
+        out = Path(args.out) / name
+        if not (out / "metrics.json").is_file():
+            continue
+        metrics = json.loads((out / "metrics.json").read_text())
+        losses = _train_losses(out)
+        window = max(1, min(50, len(losses) // 6))
+        rows.append({"run": name, "overrides": RUNS[name], "val_ppl": metrics["val_perplexity"],
+                     "val_loss": metrics["val_loss"], "train_first": sum(losses[:window]) / window,
+                     "train_last": sum(losses[-window:]) / window, "seconds": metrics["train_seconds"],
+                     "steps": metrics["steps"]})
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| run | overrides | val ppl | train loss, first 50 | train loss, last 50 | train s |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['run']} | `{' '.join(r['overrides']) or '(default)'}` | {r['val_ppl']:.1f} | "
+                     f"{r['train_first']:.3f} | {r['train_last']:.3f} | {r['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="outputs/norm_study")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--threads", type=int, default=2, help="OMP threads per run (runs go one after another)")
+    p.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
+    p.add_argument("--extra", nargs="*", default=[], help="overrides added to every run")
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--analyze-only", action="store_true")
+    args = p.parse_args()
+    if not args.analyze_only:
+        for name in args.runs:
+            run(name, args)
+    rows = analyze(args.runs, args)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
