@@ -91,7 +91,7 @@ class ModelConfig:
 
 @dataclass
 class QuantConfig:
-    """BitNet b1.58 quantization of linear layers (SPEC section 1)."""
+    """BitNet b1.58 quantization of linear layers (docs/METHODS.md#bitlinear-b158)."""
 
     enabled: bool = True
     """False trains the same model in full precision."""
@@ -111,7 +111,7 @@ class QuantConfig:
     activation_lambda: float = 1.0
     """Phase-in strength for activations."""
     activation_schemes: dict[str, str] = field(default_factory=dict)
-    """Per-projection activation quantizers (BitNet a4.8 / v2, SPEC section 2): {pattern: scheme}, the
+    """Per-projection activation quantizers (BitNet a4.8 / v2, docs/METHODS.md#bitnet-a48): {pattern: scheme}, the
     first pattern (fnmatch on the module name or its leaf, e.g. o_proj) that matches wins; projections
     that match none use int8_absmax. Schemes: int8_absmax, int4_absmean, int8_absmax_topNN."""
     hadamard: list[str] = field(default_factory=list)
@@ -344,7 +344,7 @@ class LayerPlanConfig:
 
 @dataclass
 class ScheduleConfig:
-    """When quantization starts and how it phases in (SPEC section 3); the default quantizes from step 0.
+    """When quantization starts and how it phases in (docs/METHODS.md#continual-16-to-158-bit-transition); the default quantizes from step 0.
 
     Training is 16-bit (every lambda 0) before the transition step `at`; from it on, each layer's
     weight and activation lambdas follow their ramps, starting at `at + group * layers.offset`.

@@ -2,7 +2,7 @@
 
 Every transform takes a freshly built `CausalLM` (full precision, plain nn.Linear layers) and
 changes it in place before the optimizer is created. Embeddings and lm_head (tied to the
-embedding) always stay full precision, as in SPEC section 1. A transform that cannot run here
+embedding) always stay full precision, as in docs/METHODS.md#bitlinear-b158. A transform that cannot run here
 raises `Unavailable` with the reason; the benchmark prints that reason instead of a number.
 
 What the peers compute (read from their installed source; see docs/BENCHMARKS.md):
@@ -119,7 +119,7 @@ def bitlinear_default(model: nn.Module) -> str:
 
 
 def bitlinear_absmean(model: nn.Module) -> str:
-    """Closest configuration to SPEC: AbsMean weight scale and no input norm (still 128/absmax)."""
+    """Closest configuration to ours (docs/METHODS.md#bitlinear-b158): AbsMean weight scale and no input norm (still 128/absmax)."""
     return _bitlinear(model, weight_measure="AbsMean", norm=None)
 
 

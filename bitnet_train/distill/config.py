@@ -1,4 +1,4 @@
-"""Typed settings of BitDistill (SPEC section 4), validated once where they enter.
+"""Typed settings of BitDistill (docs/METHODS.md#bitdistill-stage-3-logit-distillation), validated once where they enter.
 
 `distill:` in the Hydra config becomes a `BitDistillConfig`; its `stage2` and `stage3` sections
 become `ContinualStageConfig` and `DistillStageConfig`, whose `attention` and `logit_cache` parts are

@@ -1,4 +1,4 @@
-"""BitDistill's stage-3 losses: logit KL and MiniLMv2 multi-head attention-relation KL (SPEC section 4).
+"""BitDistill's stage-3 losses: logit KL and MiniLMv2 multi-head attention-relation KL (docs/METHODS.md#bitdistill-stage-3-attention-relation-distillation).
 
 Logits (Hinton et al.; BitDistill eq. 8-9): with p = softmax(z_teacher / tau), q = softmax(z_student / tau),
     L_logits = mean over valid positions of KL(p || q) = sum_v p_v (log p_v - log q_v),

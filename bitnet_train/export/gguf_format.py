@@ -1,4 +1,4 @@
-"""The GGUF export for llama.cpp, written with the `gguf` package (SPEC section 5).
+"""The GGUF export for llama.cpp, written with the `gguf` package (docs/METHODS.md#gguf-export).
 
 Ternary projections are stored as TQ2_0 (blocks of 256 weights in 66 bytes, 2.0625 bits per
 weight) or TQ1_0 (base 3, 54 bytes per 256, 1.6875 bits per weight), quantized by

@@ -1,6 +1,6 @@
 """The transformers export: a folder that `AutoModelForCausalLM.from_pretrained` loads, packed ternary.
 
-Which class (SPEC section 5):
+Which class (docs/METHODS.md#transformers-export):
 - norm placement `subln` -> `BitNetForCausalLM` (attn_sub_norm / ffn_sub_norm), the layout of
   microsoft/bitnet-b1.58-2B-4T's packed checkpoint;
 - `none` -> `LlamaForCausalLM` (Qwen3ForCausalLM with q/k norms, Qwen2ForCausalLM with q/k/v-only

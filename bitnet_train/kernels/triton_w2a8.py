@@ -6,7 +6,7 @@ unpacks it in registers with shifts into four K-slices, each multiplied with its
 slice of activations. The +1 code offset is folded out exactly: sum_k x_k (c_k - 1) =
 sum_k x_k c_k - sum_k x_k, so codes are used as they are (0, 1, 2).
 
-Two kernels, after gemlite's split (SPEC section 6):
+Two kernels, after gemlite's split (docs/METHODS.md#triton-w2a8-kernel):
 - M = 1 (decoding one token): a GEMV over [BLOCK_N, BLOCK_J] tiles with a broadcast multiply and
   row sums; split-K over a second grid axis when N alone gives too few programs, the int32
   partial sums then meet through integer atomics (exact and order-independent) and the scales are

@@ -5,7 +5,7 @@ DeepSpeedStrategy on GPUs, and on CPU processes (gloo) `CPUDeepSpeedStrategy`, a
 exists only so the same ZeRO code paths can be tested without GPUs.
 
 Under ZeRO-3 DeepSpeed gathers a module's parameters in a pre-forward hook and frees them after,
-so BitLinear's forward sees the whole weight and gamma = mean|W| is exact (SPEC section 7).
+so BitLinear's forward sees the whole weight and gamma = mean|W| is exact (docs/METHODS.md#distributed-sharding).
 Gradient clipping: DeepSpeed 0.19 clips at 1.0 unless told otherwise; Lightning writes the
 trainer's `gradient_clip_val` into the DeepSpeed config, so every strategy clips the same.
 Optimizer offload keeps our torch AdamW (`zero_force_ds_cpu_optimizer: false`): the same update as

@@ -7,7 +7,7 @@ lm_head, the final norm). The LightningModule itself is never wrapped; its `conf
 `shard_decoder` once the strategy has built the device mesh.
 
 BitLinear stays exact: inside a wrapped layer's forward every parameter is the all-gathered, whole
-matrix, so gamma = mean|W| is computed over all of W (SPEC section 7), as in one process.
+matrix, so gamma = mean|W| is computed over all of W (docs/METHODS.md#distributed-sharding), as in one process.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ forward(x) = linear(Q_a(norm(x)), Q_w(W)) + b, where
 transition use it: before, the layer computes exactly the nn.Linear it replaced).
 The latent weight stays in full precision and is what the optimizer updates.
 
-BitNet a4.8 / v2 (SPEC section 2): `activation_scheme` names the layer's activation quantizer
+BitNet a4.8 / v2 (docs/METHODS.md#bitnet-a48): `activation_scheme` names the layer's activation quantizer
 (activation_schemes.py: int8_absmax, int4_absmean, int8_absmax_topNN; None is the b1.58 absmax at
 `activation_bits`); the export records it and the runtime runs the same one. `scheme_active = False`
 is the 8-bit first stage of two-stage training (int8_absmax whatever the scheme). `hadamard_block`
@@ -85,7 +85,7 @@ class BitLinear(nn.Linear):
 
         gamma is a statistic of the whole matrix. Under FSDP2 and ZeRO-3 the forward pass sees the
         gathered weight; a sharded DTensor (outside forward) is gathered first, and a ZeRO-3
-        placeholder is refused, so a scale is never computed on a shard (SPEC section 7).
+        placeholder is refused, so a scale is never computed on a shard (docs/METHODS.md#distributed-sharding).
         """
         w = self.weight
         if isinstance(w, DTensor):

@@ -5,13 +5,13 @@ then replace every nn.Linear whose qualified name matches `include` and none of 
 (fnmatch patterns; embeddings and lm_head are excluded by default). Parameters are reused, not
 copied, so convert before creating the optimizer and before compiling or sharding.
 
-Norm placement (SPEC section 1):
+Norm placement (docs/METHODS.md#norm-placement):
   subln       an RMSNorm on the input of o_proj and down_proj (BitNet b1.58 2B4T, BitDistill paper);
   all_linear  an RMSNorm on the input of every quantized linear (BitDistill's shipped configs,
               "An Extra RMSNorm is All You Need", transformers' use_rms_norm);
   none        weight and activation quantization only.
 
-Activation schemes and rotations (SPEC section 2): each converted layer takes the first scheme of
+Activation schemes and rotations (docs/METHODS.md#bitnet-a48, docs/METHODS.md#bitnet-v2-h-bitlinear): each converted layer takes the first scheme of
 `quant.activation_schemes` whose pattern matches its name (BitNet a4.8: INT4 into q/k/v and gate/up,
 top-K 50% + INT8 into o_proj, INT8 into down_proj), and layers matching `quant.hadamard` become BitNet
 v2's H-BitLinear (their input size, or quant.hadamard_block, must be a power of two: checked here).

@@ -1,4 +1,4 @@
-"""Pure BitNet b1.58 quantizers with the straight-through estimator (SPEC section 1).
+"""Pure BitNet b1.58 quantizers with the straight-through estimator (docs/METHODS.md#bitlinear-b158).
 
 Weights, one scale per matrix:   gamma = mean(|W|) (or median, "b1.58 Reloaded"), clamped at 1e-5;
                                  W_q = clamp(round(W / gamma), -1, 1) * gamma.
@@ -15,7 +15,7 @@ and no extra autograd nodes; torch.compile traces it.
 Per-projection schemes (activation_schemes.py; BitNet a4.8, arXiv 2411.04965, and BitNet v2, 2504.18415):
   int8_absmax        the b1.58 activation quantizer above.
   int4_absmean       beta = mean(|x|) per token; codes = clamp(round(sqrt(7) * x / (beta + 1e-5)), -8, 7);
-                     x_q = codes * beta / sqrt(7). This is a4.8's INT4 quantizer (SPEC section 2 marks its
+                     x_q = codes * beta / sqrt(7). This is a4.8's INT4 quantizer (docs/METHODS.md#bitnet-a48 marks its
                      exact form [open]). Why this form: the paper's 4-bit ablation (its Figure 6) compares
                      absmax and absmean INT4 and keeps absmean, and its own sparsity table (Table 2) shows
                      12.0-12.1% zeros in the INT4 inputs (q/k/v, gate) at every model size. Under this form a

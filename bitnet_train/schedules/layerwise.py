@@ -1,4 +1,4 @@
-"""Layer-wise quantization plans: which group each quantized linear belongs to (SPEC section 3).
+"""Layer-wise quantization plans: which group each quantized linear belongs to (docs/METHODS.md#layer-wise-plans).
 
 "An Extra RMSNorm is All You Need" (arXiv 2505.08823) quantizes a pretrained model gradually,
 layer by layer; the order and spacing are not fixed by the paper, so every choice is a setting.

@@ -1,4 +1,4 @@
-"""BitLinear under FSDP2 and ZeRO-3 computes gamma = mean|W| over the whole weight (SPEC section 7).
+"""BitLinear under FSDP2 and ZeRO-3 computes gamma = mean|W| over the whole weight (docs/METHODS.md#distributed-sharding).
 
 Two CPU processes (torchrun, gloo) run sharded_bitlinear_worker.py. The weight is made so that
 its two shards have very different scales, so a scale taken on a shard could not pass.

@@ -40,7 +40,9 @@ class SlurmRequeue(L.Callback):
 
     @staticmethod
     def active() -> bool:
-        return SLURMEnvironment.detect()
+        """Inside a Slurm job step, as Lightning's SLURMEnvironment.detect() decides, without its warning that
+        srun is installed but not used (printed on every machine that has Slurm's client)."""
+        return "SLURM_NTASKS" in os.environ and SLURMEnvironment.job_name() not in ("bash", "interactive")
 
     def _handler(self, signum, frame) -> None:
         self.signalled = True  # nothing else here: the checkpoint is taken at the next step boundary

@@ -1,4 +1,4 @@
-"""BitDistillConfig: SPEC section 4 defaults, one-line errors naming the key, and the shipped YAML matches the dataclass."""
+"""BitDistillConfig: the reference code's defaults (docs/METHODS.md#bitdistill-stage-3-logit-distillation), one-line errors naming the key, and the shipped YAML matches the dataclass."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The BitNet b1.58 quantizers against the SPEC formulas and transformers' WeightQuant / ActQuant."""
+"""The BitNet b1.58 quantizers against the formulas of docs/METHODS.md#bitlinear-b158 and transformers' WeightQuant / ActQuant."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def _acts(seed: int, shape=(3, 7, 40)) -> torch.Tensor:
     return x * 10 ** (torch.rand(shape[:-1] + (1,), generator=g) * 4 - 2)
 
 
-# ---- inline references, written from SPEC section 1 --------------------------------------------
+# ---- inline references, written from the formulas (docs/METHODS.md#bitlinear-b158) --------------------------------------------
 
 def spec_weight_codes(w: torch.Tensor, method: str = "absmean") -> tuple[torch.Tensor, torch.Tensor]:
     a = w.float().abs()
@@ -61,7 +61,7 @@ def test_weight_is_ternary_times_gamma(seed, method):
     q = quantize_weight(w, method)
     assert q.dtype == w.dtype and q.shape == w.shape
     assert torch.equal(weight_scale(w, method), gamma)
-    # exactly three values, {-g, 0, g}, with the SPEC's codes ...
+    # exactly three values, {-g, 0, g}, with the documented codes ...
     values = q.unique()
     assert len(values) == 3 and values[1] == 0 and values[0] == -values[2]
     g = values[2]
