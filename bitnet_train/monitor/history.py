@@ -31,6 +31,7 @@ LR = "lr"
 LAMBDA_W = "lambda/weight"
 LAMBDA_A = "lambda/activation"
 TRANSITION_PREFIX = "schedule/transition/"
+ACTION_EVENTS = ("mitigation", "nonfinite_skip")
 _LR_FALLBACKS = ("lr-AdamW", "lr-AdamW/pg1")
 
 
@@ -42,6 +43,8 @@ class RunHistory:
     source: str
     records: dict[int, dict[str, float]] = field(default_factory=dict)
     transitions: list[tuple[int, str]] = field(default_factory=list)
+    actions: list[dict] = field(default_factory=list)
+    """Fault handling of the run (JSONL only): spike mitigations and skipped non-finite steps, in step order."""
 
     def add(self, step: int, values: dict[str, float]) -> None:
         row = self.records.setdefault(step, {})
@@ -101,7 +104,9 @@ def read_jsonl(path: Path, name: str | None = None) -> RunHistory:
                 obj = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut short by a killed run
-            if obj.get("event") == "transition":
+            if obj.get("event") in ACTION_EVENTS:
+                history.actions.append(obj)
+            elif obj.get("event") == "transition":
                 history.add(int(obj["step"]), {TRANSITION_PREFIX + str(obj["name"]): 1.0})
             elif "event" not in obj and "step" in obj:
                 values = {k: float(v) for k, v in obj.items() if k != "step" and _number(v) is not None}
