@@ -51,7 +51,11 @@ class SpikeMitigation:
         self.zclip_settings = dict(zclip or {})
         self.zclip = None
         if mode == "zclip":
-            from zclip import ZClip
+            try:
+                from zclip import ZClip
+            except ImportError:
+                raise ConfigError("spike monitor mitigation=zclip needs the zclip package: "
+                                  "pip install 'bitnet_train[spikes]'") from None
 
             try:
                 self.zclip = ZClip(**self.zclip_settings)
