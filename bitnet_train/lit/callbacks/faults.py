@@ -7,7 +7,8 @@ checked with torch.isfinite. On a non-finite step, policy
          or saved; the CLI exits non-zero)
   skip   drop the gradients (AdamW skips parameters without a gradient, so weights and moments stay
          as they were), log a `nonfinite_skip` event and go on; after `max_consecutive_skips`
-         skipped steps in a row, stop as above.
+         skipped steps in a row, stop as above. With several processes the decision is all-reduced: a
+non-finite value on any rank counts for all.
 At setup it also removes temporary checkpoint files left by killed writers in the checkpoint
 folders of the run (lit/checkpoint_io.py). Skips are counted in the callback state, so a resumed
 run stops exactly where an uninterrupted one would.
@@ -95,6 +96,8 @@ class NonFiniteGuard(L.Callback):
         if grads:
             flags.append(torch.stack([n.float() for n in torch._foreach_norm(grads)]).isfinite().all())
         finite = bool(torch.stack(flags).all()) if flags else True
+        if trainer.world_size > 1:  # every rank takes the same decision (losses are per rank)
+            finite = bool(trainer.strategy.reduce_boolean_decision(finite, all=True))
         if finite:
             self.consecutive = 0
             return

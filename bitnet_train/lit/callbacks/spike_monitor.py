@@ -181,7 +181,10 @@ class SpikeMonitor(L.Callback):
             self._mitigate(trainer, pl_module, optimizer)
 
     def _mitigate(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
-        loss, self._pre_loss = (float(self._pre_loss) if self._pre_loss is not None else None), None
+        pre, self._pre_loss = self._pre_loss, None
+        if pre is not None and trainer.world_size > 1:  # judge the global batch's loss, the same on every rank
+            pre = trainer.strategy.reduce(pre, reduce_op="mean")
+        loss = float(pre) if pre is not None else None
         z = self.detector.score(loss) if loss is not None and math.isfinite(loss) else None
         total = self._grad_norms.get("grad_norm/total")
         step = trainer.global_step

@@ -96,3 +96,21 @@ def test_disk_filling_up_during_the_write_is_the_same_error(small_disk, monkeypa
         atomic_torch_save({"state_dict": {"w": torch.zeros(1 << 20)}}, last)
     assert sorted(p.name for p in small_disk.iterdir()) == ["last.ckpt"]
     assert _complete(last)["global_step"] == 4
+
+
+def test_a_fresh_start_with_the_faults_callback_removes_dead_writers_temporaries(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from bitnet_train.lit.callbacks import NonFiniteGuard
+    from faults_helpers import Poisoned, trainer
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    stale = folder / f"step-000002.ckpt.tmp-{dead.pid}"
+    stale.write_bytes(b"half a checkpoint")
+    trainer(tmp_path, [ModelCheckpoint(dirpath=folder, every_n_train_steps=2), NonFiniteGuard()], 2,
+            plugins=[AtomicCheckpointIO()]).fit(Poisoned())
+    assert not stale.exists()
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch=0-step=2.ckpt"]
