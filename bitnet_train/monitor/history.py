@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -110,6 +111,8 @@ def read_jsonl(path: Path, name: str | None = None) -> RunHistory:
                 history.add(int(obj["step"]), {TRANSITION_PREFIX + str(obj["name"]): 1.0})
             elif "event" not in obj and "step" in obj:
                 values = {k: float(v) for k, v in obj.items() if k != "step" and _number(v) is not None}
+                if LOSS in obj and obj[LOSS] is None:  # a non-finite loss, written as null (strict JSON)
+                    values[LOSS] = math.nan
                 history.add(int(obj["step"]), values)
     return history._finish()
 
