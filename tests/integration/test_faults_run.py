@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
+from conftest import SMALL, compose_config
 
 from bitnet_train.lit.checkpoint_io import NonFiniteTrainingError
 from bitnet_train.run import train
-from conftest import SMALL, compose_config
 
 
 def test_diverging_run_stops_and_keeps_finite_checkpoints(tmp_path, data_cache):

@@ -8,8 +8,9 @@ import logging
 import math
 from pathlib import Path
 
-from bitnet_train.run import train
 from conftest import SMALL, compose_config
+
+from bitnet_train.run import train
 
 REPO = Path(__file__).resolve().parents[2]
 

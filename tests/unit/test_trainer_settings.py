@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hydra import compose, initialize_config_module
 
 from bitnet_train.config import ConfigError
 from bitnet_train.trainer_settings import check_trainer_settings
-
-from hydra import compose, initialize_config_module
 
 
 @pytest.mark.parametrize("name", ["default", "gpu"])

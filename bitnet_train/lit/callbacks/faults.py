@@ -26,7 +26,10 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from bitnet_train.config import ConfigError
-from bitnet_train.lit.checkpoint_io import NonFiniteTrainingError, remove_stale_temporaries
+from bitnet_train.lit.checkpoint_io import (
+    NonFiniteTrainingError,
+    remove_stale_temporaries,
+)
 
 log = logging.getLogger(__name__)
 POLICIES = ("stop", "skip")

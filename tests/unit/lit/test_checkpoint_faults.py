@@ -6,14 +6,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from bitnet_train.lit.checkpoint_io import (AtomicCheckpointIO, CheckpointSpaceError, atomic_torch_save,
-                                            load_checkpoint_file)
+from bitnet_train.lit.checkpoint_io import (
+    AtomicCheckpointIO,
+    CheckpointSpaceError,
+    atomic_torch_save,
+    load_checkpoint_file,
+)
 from bitnet_train.parallel.checkpoint import newest_resumable
 
 WRITER = r"""
@@ -99,10 +102,10 @@ def test_disk_filling_up_during_the_write_is_the_same_error(small_disk, monkeypa
 
 
 def test_a_fresh_start_with_the_faults_callback_removes_dead_writers_temporaries(tmp_path):
+    from faults_helpers import Poisoned, trainer
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from bitnet_train.lit.callbacks import NonFiniteGuard
-    from faults_helpers import Poisoned, trainer
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

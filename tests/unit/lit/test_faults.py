@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from faults_helpers import Poisoned, same, trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
@@ -15,7 +16,6 @@ from bitnet_train.config import ConfigError
 from bitnet_train.lit.callbacks import NonFiniteGuard, SpikeMonitor
 from bitnet_train.lit.checkpoint_io import AtomicCheckpointIO, NonFiniteTrainingError
 from bitnet_train.strict_json import strict_json
-from faults_helpers import Poisoned, same, trainer
 
 SPIKE = 25  # after the monitor's min_history (20) steps
 
