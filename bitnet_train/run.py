@@ -18,6 +18,7 @@ from bitnet_train.config import ConfigError
 from bitnet_train.lit.console import clean_console
 from bitnet_train.tasks.distill import run_distillation
 from bitnet_train.tasks.pretrain import run_pretraining
+from bitnet_train.tasks.trainer_settings import check_trainer_settings
 
 TASKS: dict[str, Callable[[DictConfig], dict[str, Any]]] = {
     "pretrain": run_pretraining,
@@ -35,4 +36,5 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if task == "pretrain" and cfg.get("distill") is not None:
         raise ConfigError("the distill group is set but task=pretrain; set task=distill (the distill_* experiments "
                           "do) or drop the distill group")
+    check_trainer_settings(cfg.trainer)  # Lightning's own group, checked like ours before any compute
     return TASKS[task](cfg)

@@ -10,7 +10,8 @@ Spikes are found with the spike monitor's detector (bitnet_train/monitor/spikes.
 z-score of the training loss against a trailing window. The table lists, per spike: the onset
 step, the peak loss, its height over the pre-spike baseline, the steps until 90% of the height is
 gone again in the median of 5 post-peak steps ('-': not by the end of the run) and the mean
-weight / activation lambda at the onset.
+weight / activation lambda at the onset. Below the table, the run's fault handling from the JSONL:
+spike mitigations (zclip, skip, rollback) and skipped non-finite steps, one line each.
 """
 
 from __future__ import annotations
@@ -63,13 +64,17 @@ def main(argv: list[str] | None = None) -> int:
     rows = {h.name: spike_rows(h, settings) for h in histories}
     if args.json:
         out = [{"run": h.name, "source": h.source, "transitions": h.transitions,
-                "spikes": [r.as_dict() for r in rows[h.name]]} for h in histories]
+                "spikes": [r.as_dict() for r in rows[h.name]], "actions": h.actions} for h in histories]
         print(json.dumps(out, indent=2))
     else:
         for h in histories:
             marks = ", ".join(f"{name} at {step}" for step, name in h.transitions) or "none"
             print(f"{h.name}: {len(h.series('train/loss')[0])} steps from {h.source}; transitions: {marks}")
         print(format_table([r for h in histories for r in rows[h.name]]))
+        for h in histories:
+            for action in h.actions:
+                detail = ", ".join(f"{k}={v}" for k, v in action.items() if k not in ("event", "step"))
+                print(f"{h.name}: step {action['step']}: {action['event']} {detail}")
     if args.plot:
         from bitnet_train.monitor.plot import plot_runs
 

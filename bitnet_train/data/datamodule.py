@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from bitnet_train.config import ConfigError, DataConfig, from_mapping
+from bitnet_train.data.block_split import split_by_blocks
 from bitnet_train.data.examples import Examples, load_pairs, pairs_fingerprint, tokenize_pairs
 from bitnet_train.data.packing import (PackedBlocks, cache_fingerprint, tokenize_documents, unigram_perplexity,
                                        validation_mask)
@@ -74,12 +75,21 @@ class CausalLMDataModule(L.LightningDataModule):
             val = validation_mask(hashes, cfg.val_fraction)
             train_blocks = PackedBlocks(tokenized, ~val, cfg.seq_len + 1)
             val_blocks = PackedBlocks(tokenized, val, cfg.seq_len + 1, max_blocks=cfg.max_val_blocks)
-            for split, blocks in (("training", train_blocks), ("validation", val_blocks)):
+            if len(train_blocks) == 0 or len(val_blocks) == 0:  # too few documents to split by document
+                split = split_by_blocks(tokenized, cfg.seq_len + 1, cfg.val_fraction, cfg.max_val_blocks)
+                if split is not None:
+                    log.warning(
+                        "data: %d document(s) do not split into training and validation by document (data.sample_by=%s); "
+                        "split by blocks instead: the last %d of %d blocks are validation. A text without blank lines "
+                        "is one paragraph: data.sample_by=line makes each line a document", len(hashes), cfg.sample_by,
+                        len(split[1]), len(split[0]) + len(split[1]))
+                    train_blocks, val_blocks = split
+            for split_name, blocks in (("training", train_blocks), ("validation", val_blocks)):
                 if len(blocks) == 0:
                     raise ConfigError(
-                        f"the {split} split has {blocks.num_tokens} tokens in {blocks.num_documents} document(s), less "
-                        f"than one block of data.seq_len + 1 = {cfg.seq_len + 1}; lower data.seq_len, add text"
-                        + (" or raise data.val_fraction" if split == "validation" else ""))
+                        f"the {split_name} split has {blocks.num_tokens} tokens in {blocks.num_documents} document(s), "
+                        f"less than one block of data.seq_len + 1 = {cfg.seq_len + 1}; lower data.seq_len, add text"
+                        + (" or raise data.val_fraction" if split_name == "validation" else ""))
             self.tokenized, self.train_blocks, self.val_blocks = tokenized, train_blocks, val_blocks
         self.documents = documents
         log.info("data: %s", self.stats())

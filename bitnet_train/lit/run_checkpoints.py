@@ -21,7 +21,7 @@ import lightning
 import torch
 
 from bitnet_train.config import ConfigError
-from bitnet_train.lit.checkpoint_io import atomic_torch_save, load_checkpoint_file
+from bitnet_train.lit.checkpoint_io import atomic_torch_save, load_checkpoint_file, remove_stale_temporaries
 
 KEPT_KEYS = ("hyper_parameters", "pytorch-lightning_version", "global_step", "epoch", "tokens_seen")
 """Entries of the source checkpoint that the consolidated one keeps besides the weights."""
@@ -83,11 +83,16 @@ def newest_resumable(out_dir: str | os.PathLike) -> str | None:
     """`ckpt_path=auto`: the newest of this run folder's checkpoints, or None for a fresh start.
 
     Candidates are Lightning's Slurm requeue checkpoints (`hpc_ckpt_N.ckpt`, written on SIGUSR1
-    before a preemption or the time limit) and `checkpoints/last.ckpt`; a file or a sharded folder.
+    before a preemption or the time limit) and `checkpoints/*.ckpt` (last.ckpt and the step
+    checkpoints); a file or a sharded folder. Only complete files carry those names (writes go to
+    `NAME.tmp-PID` first); the temporary files of killed writers are removed here.
     A job that Slurm or submitit requeues runs the same command again and continues from here.
     """
     out_dir = Path(out_dir)
-    candidates = [p for p in [*out_dir.glob("hpc_ckpt_*.ckpt"), out_dir / "checkpoints" / "last.ckpt"] if p.exists()]
+    for folder in (out_dir, out_dir / "checkpoints"):  # writes cut short by killed runs
+        remove_stale_temporaries(folder)
+    candidates = [p for p in [*out_dir.glob("hpc_ckpt_*.ckpt"), *(out_dir / "checkpoints").glob("*.ckpt")]
+                  if p.exists()]
     if not candidates:
         return None
     return str(max(candidates, key=_written_at))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -31,6 +32,7 @@ LR = "lr"
 LAMBDA_W = "lambda/weight"
 LAMBDA_A = "lambda/activation"
 TRANSITION_PREFIX = "schedule/transition/"
+ACTION_EVENTS = ("mitigation", "nonfinite_skip")
 _LR_FALLBACKS = ("lr-AdamW", "lr-AdamW/pg1")
 
 
@@ -42,6 +44,8 @@ class RunHistory:
     source: str
     records: dict[int, dict[str, float]] = field(default_factory=dict)
     transitions: list[tuple[int, str]] = field(default_factory=list)
+    actions: list[dict] = field(default_factory=list)
+    """Fault handling of the run (JSONL only): spike mitigations and skipped non-finite steps, in step order."""
 
     def add(self, step: int, values: dict[str, float]) -> None:
         row = self.records.setdefault(step, {})
@@ -101,10 +105,14 @@ def read_jsonl(path: Path, name: str | None = None) -> RunHistory:
                 obj = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut short by a killed run
-            if obj.get("event") == "transition":
+            if obj.get("event") in ACTION_EVENTS:
+                history.actions.append(obj)
+            elif obj.get("event") == "transition":
                 history.add(int(obj["step"]), {TRANSITION_PREFIX + str(obj["name"]): 1.0})
             elif "event" not in obj and "step" in obj:
                 values = {k: float(v) for k, v in obj.items() if k != "step" and _number(v) is not None}
+                if LOSS in obj and obj[LOSS] is None:  # a non-finite loss, written as null (strict JSON)
+                    values[LOSS] = math.nan
                 history.add(int(obj["step"]), values)
     return history._finish()
 

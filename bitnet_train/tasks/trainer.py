@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from bitnet_train.lit.checkpoint_io import AtomicCheckpointIO
 from bitnet_train.lit.console import clean_console
 from bitnet_train.lit.loggers import build_loggers
 from bitnet_train.lit.run_checkpoints import remove_requeue_checkpoints
+from bitnet_train.strict_json import strict_json
 
 log = logging.getLogger(__name__)
 
@@ -114,20 +114,9 @@ def is_global_zero() -> bool:
     return not distributed or torch.distributed.get_rank() == 0
 
 
-def json_safe(value: Any) -> Any:
-    """Non-finite floats as null (strict JSON readers reject NaN and Infinity)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
-
 def write_json_atomic(obj: dict[str, Any], path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n")
+    tmp.write_text(json.dumps(strict_json(obj), indent=2, allow_nan=False) + "\n")
     os.replace(tmp, path)
 
 
@@ -141,7 +130,7 @@ def finish_run(cfg: DictConfig, metrics: dict[str, Any] | None) -> dict[str, Any
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(metrics, out_dir / "metrics.json")
         OmegaConf.save(cfg, out_dir / "config_resolved.yaml", resolve=True)
-        log.info("metrics: %s", json.dumps(json_safe({k: v for k, v in metrics.items() if k != "data"})))
+        log.info("metrics: %s", json.dumps(strict_json({k: v for k, v in metrics.items() if k != "data"})))
     end_distributed()
     return metrics
 

@@ -1,5 +1,6 @@
 """Training callbacks, one per file."""
 
+from bitnet_train.lit.callbacks.faults import NonFiniteGuard
 from bitnet_train.lit.callbacks.model_summary import ModelTable
 from bitnet_train.lit.callbacks.progress import StepProgressBar
 from bitnet_train.lit.callbacks.quant_stats import QuantStatsCallback
@@ -9,5 +10,5 @@ from bitnet_train.lit.callbacks.stage import StageCallback
 from bitnet_train.lit.callbacks.step_plan import StepPlanCallback
 from bitnet_train.lit.callbacks.transitions import TransitionCallback
 
-__all__ = ["ModelTable", "QuantStatsCallback", "SlurmRequeue", "SpikeMonitor", "StageCallback", "StepPlanCallback",
-           "StepProgressBar", "TransitionCallback"]
+__all__ = ["ModelTable", "NonFiniteGuard", "QuantStatsCallback", "SlurmRequeue", "SpikeMonitor", "StageCallback",
+           "StepPlanCallback", "StepProgressBar", "TransitionCallback"]

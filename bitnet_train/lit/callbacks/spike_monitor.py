@@ -23,6 +23,10 @@ after it was killed): records `{"step": ...}` and events `{"event": "spike" | "s
 "transition" | "start", ...}`. tools/spikes.py reads this file first. Steps are 0-based optimizer
 steps: step t is the update made with the lambdas of step t. Gradient norms are local: under
 FSDP/ZeRO sharding they cover the local shard only.
+
+Mitigation (`mitigation`: none, zclip, skip or rollback; spike_mitigation.py) acts before the
+optimizer step; each action is an event `{"event": "mitigation", "action": ...}` in the JSONL and
+`spike/mitigation/ACTION` in every logger.
 """
 
 from __future__ import annotations
@@ -39,7 +43,9 @@ import lightning as L
 import torch
 
 from bitnet_train.config import ConfigError
+from bitnet_train.strict_json import strict_json
 from bitnet_train.lit.callbacks.quant_stats import QuantStatsCallback
+from bitnet_train.lit.callbacks.spike_mitigation import SpikeMitigation
 from bitnet_train.monitor.spikes import Spike, SpikeDetector, SpikeSettings
 from bitnet_train.quant.convert import bitlinear_modules
 
@@ -64,7 +70,8 @@ class SpikeMonitor(L.Callback):
                  min_rel_scale: float = 0.005, recover_fraction: float = 0.9, recover_window: int = 5,
                  max_event_steps: int = 1000,
                  quant_stats_every_n_steps: int = 10, group_grad_norms: bool = True,
-                 per_module_lambdas: bool = False) -> None:
+                 per_module_lambdas: bool = False, mitigation: str = "none", rollback_every: int = 20,
+                 zclip: dict[str, Any] | None = None) -> None:
         self.path = path
         self.settings = SpikeSettings(window=window, threshold=threshold, min_history=min_history,
                                       min_rel_scale=min_rel_scale, recover_fraction=recover_fraction,
@@ -76,6 +83,8 @@ class SpikeMonitor(L.Callback):
         self.group_grad_norms = group_grad_norms
         self.per_module_lambdas = per_module_lambdas
         self.detector = SpikeDetector(self.settings)
+        self.mitigation = SpikeMitigation(mitigation, rollback_every, dict(zclip) if zclip else None)
+        self._pre_loss: torch.Tensor | None = None
         self._quant_stats = QuantStatsCallback(every_n_steps=1, per_layer=False)
         self._file: TextIO | None = None
         self._groups: dict[str, list[torch.nn.Parameter]] = {}
@@ -91,7 +100,7 @@ class SpikeMonitor(L.Callback):
 
     def _write(self, record: dict[str, Any]) -> None:
         if self._file is not None:
-            self._file.write(json.dumps(record, allow_nan=True) + "\n")
+            self._file.write(json.dumps(strict_json(record)) + "\n")
             self._file.flush()
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -106,7 +115,8 @@ class SpikeMonitor(L.Callback):
         """The detector's window and events, so that a resumed run flags exactly what an uninterrupted one does."""
         return {"window": list(self.detector._window), "recent": list(self.detector._recent),
                 "spikes": [vars(s).copy() for s in self.detector.spikes],
-                "open": self.detector.spikes.index(self.detector._open) if self.detector._open else None}
+                "open": self.detector.spikes.index(self.detector._open) if self.detector._open else None,
+                "mitigation": self.mitigation.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.detector = SpikeDetector(self.settings)
@@ -115,6 +125,7 @@ class SpikeMonitor(L.Callback):
         self.detector.spikes = [Spike(**s) for s in state_dict.get("spikes", [])]
         if state_dict.get("open") is not None:
             self.detector._open = self.detector.spikes[state_dict["open"]]
+        self.mitigation.load_state_dict(state_dict.get("mitigation", {}))
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._seen_global_step = trainer.global_step
@@ -130,7 +141,7 @@ class SpikeMonitor(L.Callback):
             self._file = open(path, "a", encoding="utf-8")
             self.path = str(path)
             self._write({"event": "start", "step": trainer.global_step, "time": time.time(), "transitions": found,
-                         "spike_settings": vars(self.settings)})
+                         "spike_settings": vars(self.settings), "mitigation": self.mitigation.mode})
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._close()
@@ -149,6 +160,11 @@ class SpikeMonitor(L.Callback):
         if self._lr is None and trainer.optimizers:
             self._lr = float(trainer.optimizers[0].param_groups[0]["lr"])
 
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
+        if self.mitigation.needs_loss:  # the step's loss, before the update (Lightning scales it per micro-batch)
+            loss = loss.detach().float()
+            self._pre_loss = loss if self._pre_loss is None else self._pre_loss + loss
+
     @torch.no_grad()
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
         squares = {}
@@ -161,6 +177,27 @@ class SpikeMonitor(L.Callback):
             self._grad_norms = {"grad_norm/total": torch.stack(list(squares.values())).sum().sqrt()}
             if self.group_grad_norms:
                 self._grad_norms.update({f"grad_norm/{g}": v.sqrt() for g, v in squares.items()})
+        if self.mitigation.mode != "none":
+            self._mitigate(trainer, pl_module, optimizer)
+
+    def _mitigate(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
+        pre, self._pre_loss = self._pre_loss, None
+        if pre is not None and trainer.world_size > 1:  # judge the global batch's loss, the same on every rank
+            pre = trainer.strategy.reduce(pre, reduce_op="mean")
+        loss = float(pre) if pre is not None else None
+        z = self.detector.score(loss) if loss is not None and math.isfinite(loss) else None
+        total = self._grad_norms.get("grad_norm/total")
+        step = trainer.global_step
+        event = self.mitigation.before_step(trainer, pl_module, optimizer, step, loss, z, self.settings.threshold,
+                                            float(total) if total is not None else None)
+        if event is None:
+            return
+        log.warning("spike mitigation at step %d: %s", step, ", ".join(f"{k}={v}" for k, v in event.items()))
+        self._write({"event": "mitigation", "step": step, **event})
+        if trainer.is_global_zero:
+            value = float(event.get("skipped_steps", event.get("clipped_to", 1.0)))
+            for logger in trainer.loggers:
+                logger.log_metrics({f"spike/mitigation/{event['action']}": value}, step=step)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:

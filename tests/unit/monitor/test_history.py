@@ -100,3 +100,15 @@ def test_offline_wandb_run_folder(tmp_path, monkeypatch):
     _check(load_history(folders[0]), tmp_path.name)  # named after the run's output folder
     # a run's output folder with only W&B inside is found too
     assert find_source(tmp_path) == ("wandb", folders[0])
+
+
+def test_a_null_loss_in_the_jsonl_is_a_non_finite_step(tmp_path):
+    import json
+    import math
+
+    from bitnet_train.monitor.history import load_history
+
+    path = tmp_path / "monitor.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [{"step": 0, "train/loss": 2.0}, {"step": 1, "train/loss": None}]))
+    steps, losses = load_history(path).series("train/loss")
+    assert steps == [0, 1] and losses[0] == 2.0 and math.isnan(losses[1])

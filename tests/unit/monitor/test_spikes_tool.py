@@ -53,3 +53,22 @@ def test_bad_input_is_one_line(tmp_path, capsys, load_tool):
     assert tool.main([str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "does not exist" in err and len(err.strip().splitlines()) == 1
+
+
+def test_mitigations_and_skipped_steps_are_listed(tmp_path, capsys, load_tool):
+    tool = load_tool("spikes")
+    log = tmp_path / "run" / "logs" / "monitor.jsonl"
+    log.parent.mkdir(parents=True)
+    lines = [{"event": "start", "step": 0, "mitigation": "rollback"}]
+    lines += [{"step": s, "train/loss": 3.0 - 0.001 * s} for s in range(40)]
+    lines.insert(31, {"event": "mitigation", "step": 30, "action": "rollback", "loss": 9.5, "z": 80.0,
+                      "restored_step": 20, "skipped_steps": 11})
+    lines.insert(12, {"event": "nonfinite_skip", "step": 11, "loss": None, "consecutive": 1})
+    log.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert tool.main([str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "step 11: nonfinite_skip loss=None, consecutive=1" in out
+    assert "step 30: mitigation action=rollback, loss=9.5, z=80.0, restored_step=20, skipped_steps=11" in out
+    assert tool.main([str(tmp_path / "run"), "--json"]) == 0
+    (run,) = json.loads(capsys.readouterr().out)
+    assert [(a["event"], a["step"]) for a in run["actions"]] == [("nonfinite_skip", 11), ("mitigation", 30)]
