@@ -121,7 +121,7 @@ class DistillModule(PretrainModule):
         if use_attention:
             attn = attention_relation_loss(self._student_states.states, teacher_out.states, self.pairs, att.states,
                                            att.relation_heads, att.relation, att.temperature, att.causal_mask,
-                                           mask if att.padding_mask else None)
+                                           mask if att.padding_mask else None, att.reduction)
         loss = kd.ce_weight * ce + kd.logit_weight * kl + kd.attention_weight * attn
         self.tokens_seen += ids.numel() * self.trainer.world_size
         self.log("train/loss", loss, prog_bar=True)
