@@ -53,10 +53,10 @@ class DistillModule(PretrainModule):
             return
         self.pairs = relation_pairs(teacher.model, self.model, att)
         t_layers, s_layers = sorted({t for t, _ in self.pairs}), sorted({s for _, s in self.pairs})
-        teacher.record(t_layers, att.states)
+        teacher.record(t_layers, att.states, att.position)
         if self._student_states is not None:
             self._student_states.remove()
-        self._student_states = StateRecorder(self.model, s_layers, att.states)
+        self._student_states = StateRecorder(self.model, s_layers, att.states, att.position)
 
     def _require_teacher(self) -> Teacher:
         if self.teacher is None:
