@@ -27,7 +27,7 @@ fresh model shaped by `model`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import torch
 import torch.nn as nn
@@ -78,13 +78,15 @@ def load_teacher_weights(student: nn.Module, teacher_state: dict[str, torch.Tens
 
 
 @torch.no_grad()
-def calibrate_new_norms(model: nn.Module, batches: Iterable[torch.Tensor]) -> dict[str, float]:
+def calibrate_new_norms(model: nn.Module, batches: Iterable[torch.Tensor | Mapping[str, torch.Tensor]]
+                        ) -> dict[str, float]:
     """Fit every BitLinear input norm's gain so that the unquantized student reproduces the teacher.
 
     With quantization and the new norms bypassed, the student taken from the teacher computes the
     teacher's function, so each norm sees the teacher's own activations x. Per channel c, the gain
     g_c = sum x_c u_c / sum u_c^2, u = x / sqrt(mean(x^2) + eps) the normalized input, minimizes
-    sum (g_c u_c - x_c)^2 over the tokens of `batches` (token ids [B, S]): the norm's output matches its
+    sum (g_c u_c - x_c)^2 over the tokens of `batches` (token ids [B, S], or data-loader batches with
+    "input_ids"; padding tokens count too): the norm's output matches its
     input as closely as one gain per channel can. Returns each norm's relative residual
     ||g u - x|| / ||x|| (0 would be function-preserving). The model's quantization state is restored."""
     layers = {name: m for name, m in model.named_modules() if isinstance(m, BitLinear) and m.input_norm is not None}
@@ -113,6 +115,7 @@ def calibrate_new_norms(model: nn.Module, batches: Iterable[torch.Tensor]) -> di
                 m.input_norm_active = False
         model.eval()
         for ids in batches:
+            ids = ids["input_ids"] if isinstance(ids, Mapping) else ids
             model(ids.to(next(model.parameters()).device))
     finally:
         for handle in handles:

@@ -53,6 +53,6 @@ def test_each_gain_is_the_least_squares_fit_of_the_teachers_activation(qwen2_tea
     # least squares per channel: argmin_g sum_t (g u_tc - x_tc)^2, by torch.linalg.lstsq on each column
     expected = torch.stack([torch.linalg.lstsq(u[:, c:c + 1], x[:, c:c + 1]).solution[0, 0] for c in range(x.shape[1])])
     student = _student(teacher)
-    calibrate_new_norms(student, [ids])
+    calibrate_new_norms(student, [{"input_ids": ids}])  # a data loader's batch
     got = student.model.layers[1].self_attn.o_proj.input_norm.weight.double()
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
