@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +30,7 @@ def batches(args, vocab: int) -> list[torch.Tensor]:
     if args.text:
         from transformers import AutoTokenizer
 
-        ids = AutoTokenizer.from_pretrained(args.teacher)(open(args.text).read()[:400_000])["input_ids"]
+        ids = AutoTokenizer.from_pretrained(args.teacher)(Path(args.text).read_text()[:400_000])["input_ids"]
         ids = torch.tensor(ids[: (len(ids) // args.seq) * args.seq]).view(-1, args.seq)
         picks = torch.randperm(len(ids), generator=torch.Generator().manual_seed(0))[: 2 * args.batches * args.batch]
         ids = ids[picks]
