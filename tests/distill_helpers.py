@@ -13,13 +13,17 @@ SHAPE = dict(vocab_size=4096, hidden_size=64, intermediate_size=128, num_hidden_
 
 
 def make_teacher(folder: Path, kind: str = "qwen2", seed: int = 0, **shape) -> Path:
-    """Save a randomly initialized Qwen2 (or Llama) causal LM with `shape` to `folder` and return it.
+    """Save a randomly initialized Qwen2 (or Llama, Qwen3 with q/k norms) causal LM with `shape` to `folder` and return it.
 
     Weights are N(0, 0.1) (biases N(0, 0.1), norms U(0.5, 1.5)) so that logits and attention are far from
     uniform and nothing hides behind ones and zeros."""
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
+                              Qwen3ForCausalLM)
 
-    config_cls, model_cls = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "llama": (LlamaConfig, LlamaForCausalLM)}[kind]
+    config_cls, model_cls = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "llama": (LlamaConfig, LlamaForCausalLM),
+                             "qwen3": (Qwen3Config, Qwen3ForCausalLM)}[kind]
+    if kind == "qwen3":
+        shape = {"head_dim": SHAPE["hidden_size"] // SHAPE["num_attention_heads"], **shape}
     torch.manual_seed(seed)
     model = model_cls(config_cls(**{**SHAPE, **shape}))
     g = torch.Generator().manual_seed(seed)

@@ -62,6 +62,13 @@ class AttentionRelationConfig:
     """Mask relations to later positions (the reference code masks nothing)."""
     padding_mask: bool = False
     """Mask padding keys and drop padding queries from the average (prompt/answer batches)."""
+    reduction: str = "reference"
+    """reference: the summed per-state, per-layer KLs divided by (layers x relation_heads), the reference
+    code's value that its gamma values are meant for; mean: divided by layers only (relation_heads times
+    larger)."""
+    position: str = "attention"
+    """Where Q and K are taken: attention (as attention uses them: after Qwen3's q/k norms and RoPE, the
+    reference code's states) or pre_rope (after the q/k norms, before RoPE). V is the v_proj output."""
 
     def __post_init__(self) -> None:
         s = "distill.stage3.attention"
@@ -74,6 +81,8 @@ class AttentionRelationConfig:
         _int(s, "relation_heads", self.relation_heads, minimum=1)
         _choice(s, "relation", self.relation, ("cosine", "scaled_dot"))
         _positive(s, "temperature", self.temperature)
+        _choice(s, "reduction", self.reduction, ("reference", "mean"))
+        _choice(s, "position", self.position, ("attention", "pre_rope"))
         states = list(self.states) if isinstance(self.states, (list, tuple)) else self.states
         if not isinstance(states, list) or not states or any(x not in STATES for x in states) \
                 or len(set(states)) != len(states):
@@ -142,7 +151,8 @@ class DistillStageConfig:
     tau_squared: bool = True
     """Multiply the logit KL by tau^2 (the reference code does; the paper's formula does not)."""
     attention_weight: float = 1e5
-    """gamma: weight of the attention-relation KL (1e5 for classification, 1e3 for summarization); 0 turns it off."""
+    """gamma: weight of the attention-relation KL (1e5 for classification, 1e3 for summarization, the reference
+    code's values for its normalization, attention.reduction=reference); 0 turns it off."""
     attention: AttentionRelationConfig = field(default_factory=AttentionRelationConfig)
     logit_cache: LogitCacheConfig = field(default_factory=LogitCacheConfig)
 
@@ -182,6 +192,10 @@ class BitDistillConfig:
     norms: str = "subln"
     """Extra RMSNorms of the student (start at 1): subln (paper: before o_proj and down_proj), all_linear (the
     reference code's "allnorm": before every quantized linear) or none. Sets quant.norm."""
+    norm_init: str = "calibrated"
+    """Gains of the new norms after stage 1: calibrated (each channel's gain fitted on the first
+    training batches (4) so that the unquantized student is as close to the teacher as a
+    norm allows; distill/student.py calibrate_new_norms) or ones (the paper's and reference code's 1)."""
     stage2: ContinualStageConfig = field(default_factory=ContinualStageConfig)
     stage3: DistillStageConfig = field(default_factory=DistillStageConfig)
     eval_teacher: bool = True
@@ -199,6 +213,7 @@ class BitDistillConfig:
         _choice(s, "teacher_dtype", self.teacher_dtype, ("auto", "float32", "bfloat16", "float16"))
         _choice(s, "student", self.student, ("teacher", "config"))
         _choice(s, "norms", self.norms, ("subln", "all_linear", "none"))
+        _choice(s, "norm_init", self.norm_init, ("calibrated", "ones"))
         if not isinstance(self.stage2, ContinualStageConfig):
             self.stage2 = from_mapping(ContinualStageConfig, "distill.stage2", self.stage2)
         if not isinstance(self.stage3, DistillStageConfig):

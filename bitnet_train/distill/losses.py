@@ -2,22 +2,28 @@
 
 Logits (Hinton et al.; BitDistill eq. 8-9): with p = softmax(z_teacher / tau), q = softmax(z_student / tau),
     L_logits = mean over valid positions of KL(p || q) = sum_v p_v (log p_v - log q_v),
-times tau^2 when `tau_squared` (the reference code; it keeps gradient magnitudes independent of tau).
+times tau^2 when `tau_squared`. This is the reference code's value: a `batchmean` KL over the rows of the
+attention-mask-selected positions, times tau^2 (it keeps gradient magnitudes independent of tau).
 
 Cached teacher logits keep, per position, the k most likely tokens' log-probabilities at temperature tau
 and the log of the remaining mass. The KL is then the exact KL between the two distributions coarsened
 to k + 1 outcomes (the k tokens and "anything else"); with k = vocabulary it is the full KL.
 
 Attention relations (MiniLMv2, Wang et al. 2021; BitDistill eq. 10-11): for a state A in {Q, K, V} of one
-layer, [B, S, H*D] (the projections' outputs, heads concatenated), split the features into R relation heads
+layer, [B, S, H*D] (heads concatenated; Q and K as attention uses them, see teacher.py), split the features
+into R relation heads
 A_r [B, R, S, H*D/R], and form per head the relation distribution over keys
     cosine:      softmax(n(A_r) n(A_r)^T / t)    n = L2 normalization of each row (reference code, t = 1)
     scaled_dot:  softmax(A_r A_r^T / sqrt(H*D/R))
-Relations are S x S, so teacher and student may differ in width (only R must divide both). The loss is
-KL(teacher relation || student relation) summed over keys, averaged over queries, relation heads and the
-batch, summed over the chosen states and averaged over the distilled layer pairs. Optional masks: causal
-(keys after the query are excluded) and padding (padding keys are excluded and padding queries dropped
-from the average); the reference code uses neither.
+Relations are S x S, so teacher and student may differ in width (only R must divide both). Per state and
+layer, KL(teacher relation || student relation) is summed over keys and averaged over all B*R*S relation
+rows (a `batchmean` over the rows, as the BitDistill reference code computes it, both distributions
+clamped below at 1e-8 before the log); these are summed over the chosen states and layer pairs and, with
+reduction="reference" (the default), divided by (layer pairs x R): the reference code's value, for which
+its published gamma (1e5 classification, 1e3 summarization) is meant. reduction="mean" divides by the
+layer pairs only (R times larger, a plain average of the rows' KL): an option for gamma values tuned
+that way. Optional masks: causal (keys after the query are excluded) and padding (padding keys are
+excluded and padding queries dropped from the average); the reference code uses neither.
 """
 
 from __future__ import annotations
@@ -26,6 +32,10 @@ from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
+
+RELATION_EPS = 1e-8
+"""Relation probabilities are clamped below at this value before the log (reference code)."""
+REDUCTIONS = ("reference", "mean")
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -88,7 +98,8 @@ def logit_kl_top_k(student_logits: torch.Tensor, values: torch.Tensor, indices: 
 
 def relation_log_probs(states: torch.Tensor, relation_heads: int, relation: str = "cosine",
                        temperature: float = 1.0, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Relation log-distributions [B, R, S, S] of states [B, S, F] split into R heads of F / R features.
+    """Relation log-distributions [B, R, S, S] of states [B, S, F] split into R heads of F / R features,
+    log(max(softmax, 1e-8)) as the reference code takes them (masked entries are then log 1e-8 too).
 
     key_mask [B or 1, 1, S or 1, S] (True = allowed) excludes keys; each row keeps at least its own position."""
     b, s, width = states.shape
@@ -104,7 +115,7 @@ def relation_log_probs(states: torch.Tensor, relation_heads: int, relation: str 
         raise ValueError(f"relation={relation!r}: choose cosine or scaled_dot")
     if key_mask is not None:
         scores = scores.masked_fill(~key_mask, float("-inf"))
-    return F.log_softmax(scores, dim=-1)
+    return F.softmax(scores, dim=-1).clamp(min=RELATION_EPS).log()
 
 
 def relation_mask(seq_len: int, device: torch.device, causal: bool, padding: torch.Tensor | None
@@ -123,7 +134,7 @@ def relation_mask(seq_len: int, device: torch.device, causal: bool, padding: tor
 def relation_kl(student_states: torch.Tensor, teacher_states: torch.Tensor, relation_heads: int,
                 relation: str = "cosine", temperature: float = 1.0, causal: bool = False,
                 padding: torch.Tensor | None = None) -> torch.Tensor:
-    """KL(teacher relations || student relations) of one state, averaged over queries, heads and batch.
+    """KL(teacher relations || student relations) of one state, averaged over the B*R*S relation rows.
 
     padding [B, S] (1 = real token), when given, masks padding keys and drops padding queries."""
     if student_states.shape[:2] != teacher_states.shape[:2]:
@@ -132,7 +143,7 @@ def relation_kl(student_states: torch.Tensor, teacher_states: torch.Tensor, rela
     allowed = relation_mask(student_states.shape[1], student_states.device, causal, padding)
     log_t = relation_log_probs(teacher_states.detach(), relation_heads, relation, temperature, allowed)
     log_s = relation_log_probs(student_states, relation_heads, relation, temperature, allowed)
-    # masked entries are -inf in both: exp(-inf) * (-inf - -inf) would be NaN, so zero them explicitly
+    # masked entries belong to neither distribution: zero them explicitly
     terms = log_t.exp() * (log_t - log_s)
     if allowed is not None:
         terms = terms.masked_fill(~allowed, 0.0)
@@ -147,13 +158,17 @@ def attention_relation_loss(student: Mapping[int, Mapping[str, torch.Tensor]],
                             teacher: Mapping[int, Mapping[str, torch.Tensor]],
                             pairs: Sequence[tuple[int, int]], states: Sequence[str], relation_heads: int,
                             relation: str = "cosine", temperature: float = 1.0, causal: bool = False,
-                            padding: torch.Tensor | None = None) -> torch.Tensor:
-    """Sum over `states` (q, k, v) of `relation_kl`, averaged over (teacher layer, student layer) `pairs`.
+                            padding: torch.Tensor | None = None, reduction: str = "reference") -> torch.Tensor:
+    """Sum over `states` (q, k, v) and `pairs` of `relation_kl`, divided by len(pairs) * relation_heads
+    (reduction="reference", the reference code) or by len(pairs) (reduction="mean").
 
-    student[layer][state] and teacher[layer][state] are [B, S, width] projection outputs."""
+    student[layer][state] and teacher[layer][state] are [B, S, width] states."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction={reduction!r}: choose one of {', '.join(REDUCTIONS)}")
     total = 0.0
     for teacher_layer, student_layer in pairs:
         for name in states:
             total = total + relation_kl(student[student_layer][name], teacher[teacher_layer][name], relation_heads,
                                         relation, temperature, causal, padding)
-    return total / len(pairs)
+    divisor = len(pairs) * (relation_heads if reduction == "reference" else 1)
+    return total / divisor

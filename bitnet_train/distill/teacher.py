@@ -7,11 +7,12 @@ float32 on CPU unless `distill.teacher_dtype` says otherwise. Its own modelling 
 `distill.trust_remote_code=true`. Mistakes (a missing path, a folder that is not a model, remote code
 not allowed, no q/k/v projections to hook) end in one-line ConfigErrors before any compute.
 
-`StateRecorder` puts forward hooks on `layers[i].self_attn.{q,k,v}_proj` of a decoder, which is the
-module path of transformers' Llama/Qwen models and of our decoder alike. The hooks see the projection
-outputs [B, S, heads * head_dim]: the states before RoPE (and before Qwen3's q/k norms), heads
-concatenated, which is what MiniLMv2 relations are formed from. When only the states are needed
-(teacher logits cached), the teacher's forward stops after the deepest recorded layer.
+`StateRecorder` records the Q, K, V states of `layers[i].self_attn` of a decoder (the module path of
+transformers' Llama/Qwen models and of our decoder alike), heads concatenated [B, S, heads * head_dim],
+which is what MiniLMv2 relations are formed from. By default Q and K are taken as BitDistill's
+reference code takes them, as attention uses them: after Qwen3's q/k norms and after RoPE (K and V
+before their repetition for grouped-query attention); pre-RoPE is an option. When only the states are
+needed (teacher logits cached), the teacher's forward stops after the deepest recorded layer.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import hashlib
 import json
 import logging
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -79,14 +81,32 @@ class _StopForward(Exception):
     """Raised by a hook to end a teacher forward once the states it needs are recorded."""
 
 
+def _flat(state: torch.Tensor, heads_first: bool) -> torch.Tensor:
+    """[B, S, width] from [B, heads, S, head_dim] (heads_first), [B, S, heads, head_dim] or [B, S, width]."""
+    if heads_first:
+        state = state.transpose(1, 2)
+    return state.reshape(state.shape[0], state.shape[1], -1)
+
+
+def _rotary_function(attention: nn.Module):
+    """transformers' apply_rotary_pos_emb of the module that defines this attention class, or None."""
+    return getattr(sys.modules.get(type(attention).__module__), "apply_rotary_pos_emb", None)
+
+
 class StateRecorder:
-    """Records the outputs of q_proj, k_proj and v_proj of chosen decoder layers on every forward.
+    """Records the Q, K, V states of chosen decoder layers on every forward, as [B, S, heads * head_dim].
 
-    `states[layer][name]` holds the latest [B, S, width] output (with its autograd graph for a student).
-    Hooks stay registered until `remove()`; `stop_after_last` makes the forward end after the deepest
-    recorded layer's attention (for a teacher whose logits are not needed)."""
+    position="attention" (BitDistill's reference): Q and K as attention uses them, after the q/k norms
+    (Qwen3) and RoPE, K before its repetition for grouped-query attention. In our decoder they are the
+    outputs of `self_attn.q_rotated` / `k_rotated`; in a transformers model a pre-hook on `self_attn`
+    recomputes them from its input with the model's own q_proj, q_norm and `apply_rotary_pos_emb` (two
+    extra projections of the recorded layers; a teacher runs without gradients). position="pre_rope":
+    the q_norm/k_norm outputs, or q_proj/k_proj where there are none. V is always the v_proj output.
+    `states[layer][name]` holds the latest states (with their autograd graph for a student). Hooks stay
+    until `remove()`; `stop_after_last` ends the forward after the deepest recorded layer's attention."""
 
-    def __init__(self, model: nn.Module, layers: Sequence[int], states: Sequence[str]) -> None:
+    def __init__(self, model: nn.Module, layers: Sequence[int], states: Sequence[str],
+                 position: str = "attention") -> None:
         blocks = decoder_layers(model)
         self.layers, self.names = list(layers), list(states)
         self.states: dict[int, dict[str, torch.Tensor]] = {}
@@ -101,13 +121,44 @@ class StateRecorder:
                         f"{type(model).__name__} layer {layer} has no self_attn.{name}_proj (fused projections?); "
                         "attention-relation distillation needs separate q/k/v projections: set "
                         "distill.stage3.attention_weight=0")
-                self._handles.append(projection.register_forward_hook(self._recorder(layer, name)))
+            rotated = [n for n in self.names if n in ("q", "k")]
+            for name in self.names:
+                if name == "v" or position == "pre_rope":
+                    norm = getattr(attention, f"{name}_norm", None) if name != "v" else None
+                    point = norm if isinstance(norm, nn.Module) else getattr(attention, f"{name}_proj")
+                    self._handles.append(point.register_forward_hook(self._recorder(layer, name, False)))
+                elif isinstance(getattr(attention, f"{name}_rotated", None), nn.Module):
+                    point = getattr(attention, f"{name}_rotated")
+                    self._handles.append(point.register_forward_hook(self._recorder(layer, name, True)))
+            if position == "attention" and rotated and not hasattr(attention, "q_rotated"):
+                if _rotary_function(attention) is None:
+                    raise ConfigError(
+                        f"{type(attention).__name__} (layer {layer}) has no apply_rotary_pos_emb to take Q and K "
+                        "after RoPE from; set distill.stage3.attention.position=pre_rope or states=[v]")
+                self._handles.append(attention.register_forward_pre_hook(self._rotated_recorder(layer, rotated),
+                                                                         with_kwargs=True))
         deepest = getattr(blocks[max(self.layers)], "self_attn")
         self._handles.append(deepest.register_forward_hook(self._stopper))
 
-    def _recorder(self, layer: int, name: str):
+    def _recorder(self, layer: int, name: str, heads_first: bool):
         def hook(module: nn.Module, args: Any, output: torch.Tensor) -> None:
-            self.states.setdefault(layer, {})[name] = output
+            self.states.setdefault(layer, {})[name] = _flat(output, heads_first)
+        return hook
+
+    def _rotated_recorder(self, layer: int, names: list[str]):
+        def hook(attention: nn.Module, args: tuple, kwargs: dict) -> None:
+            hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            cos, sin = kwargs["position_embeddings"] if "position_embeddings" in kwargs else args[1]
+            shape = (*hidden.shape[:-1], -1, attention.head_dim)
+            qk = []
+            for name in ("q", "k"):
+                state = getattr(attention, f"{name}_proj")(hidden).view(shape)
+                norm = getattr(attention, f"{name}_norm", None)
+                qk.append((norm(state) if isinstance(norm, nn.Module) else state).transpose(1, 2))
+            q, k = _rotary_function(attention)(qk[0], qk[1], cos, sin)
+            for name, state in (("q", q), ("k", k)):
+                if name in names:
+                    self.states.setdefault(layer, {})[name] = _flat(state, True)
         return hook
 
     def _stopper(self, module: nn.Module, args: Any, output: Any) -> None:
@@ -157,11 +208,11 @@ class Teacher:
         self.model.to(device)
         return self
 
-    def record(self, layers: Sequence[int], states: Sequence[str]) -> None:
-        """Record q/k/v outputs of these (0-based) layers on every forward."""
+    def record(self, layers: Sequence[int], states: Sequence[str], position: str = "attention") -> None:
+        """Record the Q/K/V states of these (0-based) layers on every forward (see StateRecorder)."""
         if self.recorder is not None:
             self.recorder.remove()
-        self.recorder = StateRecorder(self.model, layers, states)
+        self.recorder = StateRecorder(self.model, layers, states, position)
 
     @torch.no_grad()
     def __call__(self, input_ids: torch.Tensor, logits: bool = True) -> TeacherOutput:

@@ -53,10 +53,10 @@ class DistillModule(PretrainModule):
             return
         self.pairs = relation_pairs(teacher.model, self.model, att)
         t_layers, s_layers = sorted({t for t, _ in self.pairs}), sorted({s for _, s in self.pairs})
-        teacher.record(t_layers, att.states)
+        teacher.record(t_layers, att.states, att.position)
         if self._student_states is not None:
             self._student_states.remove()
-        self._student_states = StateRecorder(self.model, s_layers, att.states)
+        self._student_states = StateRecorder(self.model, s_layers, att.states, att.position)
 
     def _require_teacher(self) -> Teacher:
         if self.teacher is None:
@@ -121,7 +121,7 @@ class DistillModule(PretrainModule):
         if use_attention:
             attn = attention_relation_loss(self._student_states.states, teacher_out.states, self.pairs, att.states,
                                            att.relation_heads, att.relation, att.temperature, att.causal_mask,
-                                           mask if att.padding_mask else None)
+                                           mask if att.padding_mask else None, att.reduction)
         loss = kd.ce_weight * ce + kd.logit_weight * kl + kd.attention_weight * attn
         self.tokens_seen += ids.numel() * self.trainer.world_size
         self.log("train/loss", loss, prog_bar=True)

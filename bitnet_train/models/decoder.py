@@ -140,6 +140,9 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(hd, cfg.rms_norm_eps) if cfg.qk_norm else None
         self.kv_bits: int | None = None
         """Quantize keys (after RoPE) and values to this many bits per head and token (None: off)."""
+        self.q_rotated, self.k_rotated = nn.Identity(), nn.Identity()
+        """Pass-throughs of Q and K [B, heads, S, head_dim] as attention uses them (after norms and RoPE):
+        recording points for forward hooks (attention-relation distillation); no parameters."""
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 attn_mask: torch.Tensor | None = None, cache: LayerKVCache | None = None) -> torch.Tensor:
@@ -150,7 +153,7 @@ class Attention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k = self.q_rotated(apply_rotary(q, cos, sin)), self.k_rotated(apply_rotary(k, cos, sin))
         gqa = self.num_kv_heads != self.num_heads
         if cache is None and self.kv_bits:
             k, v = quantize_activation(k, self.kv_bits), quantize_activation(v, self.kv_bits)

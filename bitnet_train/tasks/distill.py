@@ -27,6 +27,7 @@ is tokenized, and the data before any training step.
 from __future__ import annotations
 
 import gc
+import itertools
 import logging
 import math
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ from bitnet_train.distill.config import BitDistillConfig
 from bitnet_train.distill.data import DistillDataModule
 from bitnet_train.distill.evaluate import validation_loss
 from bitnet_train.distill.logit_cache import TeacherLogitCache
-from bitnet_train.distill.student import load_teacher_weights, student_model_config
+from bitnet_train.distill.student import calibrate_new_norms, load_teacher_weights, student_model_config
 from bitnet_train.distill.teacher import Teacher, load_teacher, relation_pairs
 from bitnet_train.lit.callbacks.stage import StageCallback
 from bitnet_train.lit.checkpoint_io import atomic_torch_save, load_checkpoint_file
@@ -59,6 +60,8 @@ log = logging.getLogger(__name__)
 STAGES = {1: ("modeling refinement", "stage1_refine"), 2: ("continual pre-training", "stage2_continual"),
           3: ("distillation", "stage3_distill")}
 STAGE1_FILE = "student.ckpt"
+CALIBRATION_BATCHES = 4
+"""Training micro-batches the new norms' gains are fitted on (distill.norm_init=calibrated)."""
 
 
 @dataclass
@@ -296,6 +299,15 @@ class DistillationRun:
         return PretrainModule(to_dict(self.student_cfg), to_dict(self.settings.quant), to_dict(optim),
                               compile=self.cfg.get("compile", False))
 
+    def _calibrate(self, student: PretrainModule) -> dict[str, float]:
+        """Fit the new norms' gains on the first training batches of stage 2's corpus (stage 3's without one)."""
+        data = self.data2 if self.data2 is not None else self.data3
+        batches = itertools.islice(iter(data.train_dataloader()), CALIBRATION_BATCHES)
+        residuals = calibrate_new_norms(student.model, batches)
+        log.info("stage 1: %d new norms calibrated on %d batches (mean relative residual %.3f)", len(residuals),
+                 CALIBRATION_BATCHES, sum(residuals.values()) / max(len(residuals), 1))
+        return residuals
+
     def _checkpoint_for(self, stage: int) -> str | None:
         return self.settings.resume_path if self.resume_stage == stage else None
 
@@ -307,10 +319,14 @@ class DistillationRun:
                      if distill.student == "teacher" else "a fresh student shaped by `model`")
             new_norms = load_teacher_weights(student.model, self.teacher.model.state_dict()) \
                 if distill.student == "teacher" else []
+            residuals = self._calibrate(student) if new_norms and distill.norm_init == "calibrated" else {}
             path = self.out_dir / STAGES[1][1] / STAGE1_FILE
             atomic_torch_save({"state_dict": student.state_dict(), "hyper_parameters": dict(student.hparams),
                                "distill": {"stage": 1, "name": STAGES[1][0]}}, path)
-            self.metrics["stage1"] = {"checkpoint": str(path), "new_norms": len(new_norms)}
+            self.metrics["stage1"] = {"checkpoint": str(path), "new_norms": len(new_norms),
+                                      "norm_init": distill.norm_init if new_norms else None}
+            if residuals:
+                self.metrics["stage1"]["norm_residual_mean"] = sum(residuals.values()) / len(residuals)
             if distill.eval_stages:
                 self.metrics["stage1"]["val"] = _student_loss(student.model, self.data3)
         else:

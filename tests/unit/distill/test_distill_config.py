@@ -84,3 +84,15 @@ def test_data_layout_setting():
         DataConfig(layout="pairs")
     with pytest.raises(ConfigError, match=r"data\.layout=prompt_answer does not stream"):
         DataConfig(layout="prompt_answer", streaming=True)
+
+
+@pytest.mark.parametrize("experiment", ["distill_qwen", "distill_llama", "distill_tiny"])
+def test_all_linear_norms_take_the_reference_eps(experiment):
+    """The reference code's per-linear RMSNorm uses eps 1e-8; the sub-norms keep quant's 1e-5."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("bitnet_train.conf", version_base="1.3"):
+        for norms, eps in (("all_linear", 1e-8), ("subln", 1e-5)):
+            cfg = compose("config", overrides=[f"+experiment={experiment}", "distill.teacher=t",
+                                               f"distill.norms={norms}"])
+            assert (cfg.quant.norm, cfg.quant.norm_eps) == (norms, eps)

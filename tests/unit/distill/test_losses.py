@@ -189,9 +189,11 @@ def test_attention_relation_loss_sums_states_and_averages_layers():
     student = {0: make(), 1: make()}
     pairs = [(3, 0), (5, 1)]
     expected = sum(relation_kl(student[s][n], teacher[t][n], 2) for t, s in pairs for n in "qkv") / 2
-    got = attention_relation_loss(student, teacher, pairs, ["q", "k", "v"], 2)
+    got = attention_relation_loss(student, teacher, pairs, ["q", "k", "v"], 2, reduction="mean")
     assert got.item() == pytest.approx(expected.item(), rel=1e-6)
-    only_v = attention_relation_loss(student, teacher, pairs, ["v"], 2)
+    reference = attention_relation_loss(student, teacher, pairs, ["q", "k", "v"], 2)
+    assert reference.item() == pytest.approx(expected.item() / 2, rel=1e-6)
+    only_v = attention_relation_loss(student, teacher, pairs, ["v"], 2, reduction="mean")
     assert only_v.item() == pytest.approx(
         ((relation_kl(student[0]["v"], teacher[3]["v"], 2) + relation_kl(student[1]["v"], teacher[5]["v"], 2)) / 2).item(),
         rel=1e-6)

@@ -67,3 +67,38 @@ def test_tokenizer_and_student_mapping(converted):
         quantize_model(student, QuantConfig(norm="none", weight_lambda=0.0, activation_lambda=0.0))
         load_teacher_weights(student, teacher.model.state_dict())
         torch.testing.assert_close(student(ids), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_calibrated_subln_gains_bring_the_real_student_closer_to_its_teacher(converted):
+    """With quantization off, gain-1 sub-norms move SmolLM2's next-token distribution far from the teacher's;
+    calibrated gains (fitted on other text) bring it much closer (measured: KL 12.4 -> 2.4 per token)."""
+    import torch.nn.functional as F
+
+    from bitnet_train.config import ModelConfig, QuantConfig
+    from bitnet_train.data.tokenizer import load_tokenizer
+    from bitnet_train.distill.config import BitDistillConfig
+    from bitnet_train.distill.student import calibrate_new_norms, load_teacher_weights, student_model_config
+    from bitnet_train.distill.teacher import load_teacher
+    from bitnet_train.models.decoder import CausalLM
+    from bitnet_train.quant.convert import quantize_model
+
+    _, folder, _ = converted
+    tok = load_tokenizer(folder)
+    calibration = torch.tensor(tok.encode_batch(["It is a truth universally acknowledged, that a single man in "
+                                                 "possession of a good fortune, must be in want of a wife."]))
+    held_out = torch.tensor(tok.encode_batch(["Emma Woodhouse, handsome, clever, and rich, with a comfortable "
+                                              "home and happy disposition, seemed to unite some of the best"]))
+    teacher = load_teacher(BitDistillConfig(teacher=str(folder)))
+    kls = {}
+    with torch.no_grad():
+        expected = F.log_softmax(teacher(held_out).logits, -1)
+        for init in ("ones", "calibrated"):
+            student = CausalLM(student_model_config(teacher, BitDistillConfig(teacher="t"), ModelConfig()))
+            quantize_model(student, QuantConfig(norm="subln", weight_lambda=0.0, activation_lambda=0.0))
+            load_teacher_weights(student, teacher.model.state_dict())
+            if init == "calibrated":
+                calibrate_new_norms(student, [calibration])
+            got = F.log_softmax(student.eval()(held_out), -1)
+            kls[init] = F.kl_div(got, expected, log_target=True, reduction="none").sum(-1).mean().item()
+    assert kls["ones"] > 1.0
+    assert kls["calibrated"] < 0.5 * kls["ones"], kls

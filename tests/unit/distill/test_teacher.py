@@ -70,7 +70,7 @@ def test_stage1_student_is_ternary_with_new_norms_at_one(norms, count, qwen2_tea
 
 
 def test_recorded_states_are_the_same_for_teacher_and_mapped_student(qwen2_teacher):
-    """Hooks on transformers' modules and on ours see the same q/k/v projections (before RoPE)."""
+    """Hooks on transformers' modules and on ours see the same Q/K/V states (as attention uses them)."""
     teacher = load_teacher(BitDistillConfig(teacher=str(qwen2_teacher)))
     student, _ = _student(teacher, QuantConfig(enabled=False))
     teacher.record([0, 2], ["q", "k", "v"])
