@@ -123,3 +123,15 @@ def test_saves_codes_not_float_copies():
     big_float = [t for t in saved if t.is_floating_point() and t.numel() >= 32 * 8]
     assert big_float == []
     assert [t.dtype for t in saved if not t.is_floating_point()] == [torch.int8, torch.int8]
+
+
+def test_compiles_and_stays_within_tolerance():
+    torch.manual_seed(3)
+    layer = BitLinear(64, 32)
+    x = torch.randn(4, 8, 64, requires_grad=True)
+    y = torch.compile(layer)(x)
+    torch.testing.assert_close(y.double(), _reference(x, layer.weight), rtol=1e-6, atol=1e-6)
+    y.sum().backward()
+    w_q = (layer.weight.double() / layer.weight.double().abs().mean()).round().clamp(-1, 1) \
+        * layer.weight.double().abs().mean()
+    torch.testing.assert_close(x.grad.double(), w_q.sum(0).expand_as(x), rtol=1e-5, atol=1e-5)
