@@ -16,16 +16,30 @@ codes and fp32 scales (no quantized float copies are kept for backward). The reb
 equal the fake-quant ones bit for bit, so the gradients are those of the fake-quant path.
 
 `TernaryWeightCache` quantizes a latent weight once per optimizer step: it is keyed on the
-parameter's version counter, which every in-place optimizer update bumps, so micro-batches of a
-gradient accumulation and evaluation passes reuse the codes, and the first forward after a step
-recomputes them.
+parameter's version counter, which every in-place update bumps, and on a count of optimizer steps
+(a global step hook of torch.optim, for updates that write through `.data`, as DeepSpeed's do), so
+micro-batches of a gradient accumulation and evaluation passes reuse the codes, and the first
+forward after a step recomputes them.
+
+Under autocast the matmul's output takes the autocast dtype, as F.linear's does; gradients come
+back in the dtypes of x and the weight.
 """
 
 from __future__ import annotations
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from bitnet_train.quant.functional import activation_scale, weight_scale
+
+_OPTIMIZER_STEPS = [0]
+
+
+def _count_step(optimizer, args, kwargs) -> None:
+    _OPTIMIZER_STEPS[0] += 1
+
+
+register_optimizer_step_post_hook(_count_step)
 
 CODE_MATMUL_MAX_K = 132_000
 """Largest inner size at which an fp32 matmul of int8 x ternary codes is exact (127 * K < 2^24)."""
@@ -72,26 +86,30 @@ class _IntBitLinear(torch.autograd.Function):
         x2 = x.reshape(-1, shape[-1])
         x_codes, s = int8_activation_codes(x2)
         acc = code_matmul(x_codes, w_codes)
-        y = (acc / (s * inv)).to(x.dtype)
+        dev = x.device.type
+        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+        y = (acc / (s * inv)).to(dtype)
         if bias is not None:
-            y = y + bias
+            y = y + bias.to(dtype)
         ctx.save_for_backward(x_codes, s, w_codes, inv)
-        ctx.shape, ctx.dtype, ctx.has_bias = shape, x.dtype, bias is not None
+        ctx.shape, ctx.dtype, ctx.has_bias = shape, dtype, bias is not None
+        ctx.x_dtype, ctx.w_dtype = x.dtype, weight.dtype
+        ctx.b_dtype = bias.dtype if bias is not None else None
         return y.reshape(*shape[:-1], w_codes.shape[0])
 
     @staticmethod
     def backward(ctx, grad):
         x_codes, s, w_codes, inv = ctx.saved_tensors
-        g2 = grad.reshape(-1, grad.shape[-1])
+        g2 = grad.reshape(-1, grad.shape[-1]).to(ctx.dtype)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             w_q = (w_codes.float() / inv).to(ctx.dtype)
-            grad_x = (g2 @ w_q).reshape(ctx.shape)
+            grad_x = (g2 @ w_q).reshape(ctx.shape).to(ctx.x_dtype)
         if ctx.needs_input_grad[1]:
             x_q = (x_codes.float() / s).to(ctx.dtype)
-            grad_w = g2.t() @ x_q
+            grad_w = (g2.t() @ x_q).to(ctx.w_dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = g2.sum(0)
+            grad_b = g2.sum(0).to(ctx.b_dtype)
         return grad_x, grad_w, grad_b, None, None
 
 
@@ -114,7 +132,7 @@ class TernaryWeightCache:
     def get(self, w: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
         if torch.compiler.is_compiling():
             return ternary_weight_codes(w, method)
-        key = (w._version, w.data_ptr(), w.dtype, w.device, tuple(w.shape), method)
+        key = (w._version, _OPTIMIZER_STEPS[0], w.data_ptr(), w.dtype, w.device, tuple(w.shape), method)
         if key != self._key:
             self._value = ternary_weight_codes(w, method)
             self._key = key

@@ -135,3 +135,26 @@ def test_compiles_and_stays_within_tolerance():
     w_q = (layer.weight.double() / layer.weight.double().abs().mean()).round().clamp(-1, 1) \
         * layer.weight.double().abs().mean()
     torch.testing.assert_close(x.grad.double(), w_q.sum(0).expand_as(x), rtol=1e-5, atol=1e-5)
+
+
+def test_update_through_data_is_seen_after_optimizer_step():
+    """An update written through .data (no version bump), as DeepSpeed writes, is seen after a step."""
+    torch.manual_seed(4)
+    layer = BitLinear(32, 16)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.0)
+    x = torch.randn(3, 32)
+    layer(x)
+    layer.weight.data.mul_(-1.0)
+    opt.step()
+    torch.testing.assert_close(layer(x).double(), _reference(x, layer.weight), rtol=2.5e-7, atol=1e-6)
+
+
+def test_autocast_bf16_output_and_gradient_dtypes():
+    torch.manual_seed(5)
+    layer = BitLinear(32, 16, bias=True)
+    x = torch.randn(3, 32, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert x.grad.dtype == layer.weight.grad.dtype == layer.bias.grad.dtype == torch.float32
