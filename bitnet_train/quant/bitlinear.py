@@ -77,7 +77,7 @@ class BitLinear(nn.Linear):
             raise ValueError(f"int_matmul={int_matmul!r}; choose one of {INT_MATMUL_MODES}")
         self.int_matmul = int_matmul
         self.weight_cache_enabled = True
-        """False where the weight's storage is swapped without a version bump (FSDP2 gathers, ZeRO-3)."""
+        """False under FSDP2 (parallel/fsdp2.py): gathered codes are not kept between forwards."""
         self._weight_cache = TernaryWeightCache()
 
     @classmethod
