@@ -129,9 +129,13 @@ class QuantConfig:
     kv_bits: int | None = None
     """Quantize attention keys (after RoPE) and values per head and token to this many bits (absmax),
     in training, evaluation and the KV cache; None keeps them in full precision."""
+    int_matmul: str = "auto"
+    """auto: fully quantized int8-absmax layers multiply int8 x ternary codes with int32 accumulation
+    (quant/int_forward.py); off: always the fake-quant float matmul."""
 
     def __post_init__(self) -> None:
         s = "quant"
+        _choice(s, "int_matmul", self.int_matmul, ("auto", "off"))
         _choice(s, "weight_scale", self.weight_scale, ("absmean", "absmedian"))
         _choice(s, "activation_bits", self.activation_bits, (8,))
         _choice(s, "norm", self.norm, ("subln", "all_linear", "none"))

@@ -66,12 +66,16 @@ def fp_subln(model: nn.Module) -> str:
     return "FP + RMSNorm before o_proj and down_proj (ablation: norm cost without quantizers)"
 
 
-def b158(model: nn.Module, norm: str = "subln") -> str:
+def b158(model: nn.Module, norm: str = "subln", int_matmul: str = "auto") -> str:
     from bitnet_train.config import QuantConfig
     from bitnet_train.quant import quantize_model
 
-    n = len(quantize_model(model, QuantConfig(norm=norm)))
-    return f"bitnet_train BitLinear x{n}, QuantConfig(norm={norm!r})"
+    n = len(quantize_model(model, QuantConfig(norm=norm, int_matmul=int_matmul)))
+    return f"bitnet_train BitLinear x{n}, QuantConfig(norm={norm!r}, int_matmul={int_matmul!r})"
+
+
+def b158_fakequant(model: nn.Module) -> str:
+    return b158(model, int_matmul="off")
 
 
 def b158_nonorm(model: nn.Module) -> str:
@@ -166,6 +170,7 @@ VARIANTS: dict[str, tuple[Callable[[nn.Module], str], bool, str]] = {
     "fp_subln": (fp_subln, False, "FP + subln norms (ablation)"),
     "b158": (b158, False, "bitnet_train b1.58, subln"),
     "b158_nonorm": (b158_nonorm, False, "bitnet_train b1.58, norm=none"),
+    "b158_fakequant": (b158_fakequant, False, "bitnet_train b1.58, subln, int_matmul=off"),
     "bitlinear": (bitlinear_default, True, "PyPI bitlinear, defaults"),
     "bitlinear_absmean": (bitlinear_absmean, True, "PyPI bitlinear, AbsMean, no norm"),
     "onebitllms": (onebitllms, True, "PyPI onebitllms"),

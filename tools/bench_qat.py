@@ -58,8 +58,10 @@ import _bench_peers  # noqa: E402
 SIZES = {
     "tiny": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=688),
     "d512": dict(hidden_size=512, num_hidden_layers=4, num_attention_heads=8, intermediate_size=1376),
+    # BitNet b1.58 2B4T's width (hidden 2560, FFN 6912, 20 heads of 128), two layers
+    "w2560": dict(hidden_size=2560, num_hidden_layers=2, num_attention_heads=20, intermediate_size=6912),
 }
-OWN = ["fp", "fp_subln", "b158", "b158_nonorm"]
+OWN = ["fp", "fp_subln", "b158", "b158_nonorm", "b158_fakequant"]
 PEERS = ["bitlinear", "bitlinear_absmean", "onebitllms", "torchao"]
 VOCAB = 4096
 BATCH, SEQ = 8, 256

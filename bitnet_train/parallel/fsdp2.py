@@ -24,6 +24,10 @@ def shard_decoder(model: nn.Module, mesh, reshard_after_forward: bool = True) ->
 
     if isinstance(model, FSDPModule):
         return model
+    # no per-step weight-code cache under FSDP2: it would keep every layer's gathered codes resident
+    for module in model.modules():
+        if hasattr(module, "weight_cache_enabled"):
+            module.weight_cache_enabled = False
     for layer in model.model.layers:
         fully_shard(layer, mesh=mesh, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward)

@@ -18,6 +18,12 @@ BitNet a4.8 / v2 (docs/METHODS.md#bitnet-a48): `activation_scheme` names the lay
 is the 8-bit first stage of two-stage training (int8_absmax whatever the scheme). `hadamard_block`
 makes it BitNet v2's H-BitLinear: after the input norm the activation is rotated by the normalized
 Hadamard transform (quant/hadamard.py; 0 = no rotation), as architecture, at every lambda.
+
+Integer forward (quant/int_forward.py): with `int_matmul = "auto"` (the default), a layer at both
+lambdas 1 whose activation quantizer is the b1.58 int8 absmax multiplies int8 activation codes by
+the ternary weight codes with int32 accumulation, and backward stays straight-through in the float
+dtype; its weight codes are computed once per optimizer step (cached on the weight's version).
+Anything else (phase-in, other schemes, `int_matmul = "off"`) runs the fake-quant path.
 """
 
 from __future__ import annotations
@@ -29,7 +35,11 @@ from torch.distributed.tensor import DTensor
 
 from bitnet_train.quant.functional import quantize_activation, quantize_activation_scheme, quantize_weight
 from bitnet_train.quant.hadamard import hadamard_transform
+from bitnet_train.quant.int_forward import TernaryWeightCache, int_bitlinear, ternary_weight_codes
 from bitnet_train.quant.norm import RMSNorm
+
+
+INT_MATMUL_MODES = ("auto", "off")
 
 
 class BitLinear(nn.Linear):
@@ -49,6 +59,7 @@ class BitLinear(nn.Linear):
         activation_lambda: float = 1.0,
         activation_scheme: str | None = None,
         hadamard_block: int = 0,
+        int_matmul: str = "auto",
         device=None,
         dtype=None,
     ) -> None:
@@ -62,6 +73,12 @@ class BitLinear(nn.Linear):
         self.activation_lambda = float(activation_lambda)
         self.input_norm = RMSNorm(in_features, eps=norm_eps, device=device, dtype=dtype) if input_norm else None
         self.input_norm_active = True
+        if int_matmul not in INT_MATMUL_MODES:
+            raise ValueError(f"int_matmul={int_matmul!r}; choose one of {INT_MATMUL_MODES}")
+        self.int_matmul = int_matmul
+        self.weight_cache_enabled = True
+        """False under FSDP2 (parallel/fsdp2.py): gathered codes are not kept between forwards."""
+        self._weight_cache = TernaryWeightCache()
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, **kwargs) -> "BitLinear":
@@ -117,10 +134,28 @@ class BitLinear(nn.Linear):
         """The activation the quantized weight multiplies (for measurements such as activation sparsity)."""
         return self._quantize_input(self._prepare(x))
 
+    def uses_int_matmul(self) -> bool:
+        """Whether forward runs the integer matmul: int_matmul auto, both lambdas 1, int8 absmax input."""
+        if self.int_matmul == "off" or self.weight_lambda != 1 or self.activation_lambda != 1:
+            return False
+        scheme = self.activation_scheme if self.scheme_active else None
+        if scheme is None:
+            return self.activation_bits == 8
+        return scheme == "int8_absmax"
+
+    def _weight_codes(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.weight_cache_enabled and w is self.weight and not hasattr(w, "ds_id"):
+            return self._weight_cache.get(w, self.weight_scale)
+        return ternary_weight_codes(w, self.weight_scale)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self._prepare(x)
         if self.weight_lambda == 0 and self.activation_lambda == 0:
             return F.linear(x, self.weight, self.bias)
+        if self.uses_int_matmul() and not isinstance(self.weight, DTensor) \
+                and self.weight.shape == (self.out_features, self.in_features):
+            w_codes, inv = self._weight_codes(self.weight)
+            return int_bitlinear(x, self.weight, self.bias, w_codes, inv)
         return F.linear(self._quantize_input(x), self.quantized_weight(), self.bias)
 
     def extra_repr(self) -> str:
@@ -129,5 +164,6 @@ class BitLinear(nn.Linear):
         if self.activation_scheme is not None and not self.scheme_active:
             act += " (stage one: int8_absmax)"
         rot = f", hadamard({self.hadamard_block})" if self.hadamard_block else ""
+        rot += ", int_matmul=off" if self.int_matmul == "off" else ""
         return (f"{super().extra_repr()}, weight_scale={self.weight_scale}, {act}{rot}{norm}, "
                 f"lambda(w={self.weight_lambda:g}, a={self.activation_lambda:g})")

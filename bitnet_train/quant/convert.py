@@ -94,6 +94,7 @@ def quantize_model(model: nn.Module, cfg: QuantConfig) -> list[str]:
             norm_eps=cfg.norm_eps,
             weight_lambda=cfg.weight_lambda,
             activation_lambda=cfg.activation_lambda,
+            int_matmul=cfg.int_matmul,
             **settings[name],
         ))
     return targets

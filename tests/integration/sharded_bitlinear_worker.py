@@ -17,6 +17,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 import bitnet_train.quant.bitlinear as bitlinear_module
+import bitnet_train.quant.int_forward as int_forward_module
 from bitnet_train.parallel.gather import gathered
 from bitnet_train.quant.bitlinear import BitLinear
 from bitnet_train.quant.functional import quantize_weight, weight_scale
@@ -27,6 +28,15 @@ SEEN: list[dict] = []
 def recording_quantize_weight(w, method="absmean", lam=1.0):
     SEEN.append({"shape": list(w.shape), "gamma": float(weight_scale(w, method))})
     return quantize_weight(w, method, lam)
+
+
+_codes = int_forward_module.ternary_weight_codes
+
+
+def recording_weight_codes(w, method="absmean"):
+    """The integer forward's weight quantizer (quant.int_matmul=auto), recorded the same way."""
+    SEEN.append({"shape": list(w.shape), "gamma": float(weight_scale(w, method))})
+    return _codes(w, method)
 
 
 def reference_layer() -> tuple[nn.Sequential, torch.Tensor]:
@@ -49,6 +59,7 @@ def main(out: Path) -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     bitlinear_module.quantize_weight = recording_quantize_weight
+    bitlinear_module.ternary_weight_codes = int_forward_module.ternary_weight_codes = recording_weight_codes
     result: dict = {}
 
     ref_model, x = reference_layer()

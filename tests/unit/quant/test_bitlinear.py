@@ -23,6 +23,8 @@ def _ref_rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Ten
 
 
 def _layer(seed: int, bias: bool, **kwargs) -> BitLinear:
+    """The fake-quant path (bit for bit the reference's arithmetic); the integer path is tested below."""
+    kwargs.setdefault("int_matmul", "off")
     torch.manual_seed(seed)
     layer = BitLinear(48, 20, bias=bias, **kwargs)
     with torch.no_grad():
@@ -43,6 +45,9 @@ def test_forward_equals_transformers_quantizers(seed, bias, norm):
     h = _ref_rmsnorm(x, layer.input_norm.weight, 1e-6) if norm else x
     expected = F.linear(ActQuant.apply(h), WeightQuant.apply(layer.weight), layer.bias)
     assert torch.equal(layer(x), expected)
+    # the integer forward (the default) rounds once instead of per product: within 1e-5 of max|y|
+    layer.int_matmul = "auto"
+    assert (layer(x) - expected).abs().max() <= 1e-5 * expected.abs().max()
 
 
 def test_forward_equals_autobitlinear_online():

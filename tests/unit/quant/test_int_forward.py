@@ -1,0 +1,160 @@
+"""BitLinear's integer forward against an independent float64 formula and against the fake-quant path."""
+
+import pytest
+import torch
+
+from bitnet_train.quant import int_forward
+from bitnet_train.quant.bitlinear import BitLinear
+
+
+def _reference(x, w, bias=None):
+    """y = round(127 x / max|x|) @ clamp(round(W / mean|W|))^T * max|x| / 127 * mean|W|, in float64."""
+    xd, wd = x.double(), w.double()
+    amax = xd.abs().amax(-1, keepdim=True).clamp(min=1e-5)
+    cx = (xd * (127 / amax)).round().clamp(-128, 127)
+    gamma = wd.abs().mean().clamp(min=1e-5)
+    cw = (wd / gamma).round().clamp(-1, 1)
+    y = (cx @ cw.t()) * (amax / 127) * gamma
+    return y if bias is None else y + bias.double()
+
+
+def _pair(in_f=48, out_f=40, bias=False, dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    a = BitLinear(in_f, out_f, bias=bias, dtype=dtype)
+    b = BitLinear(in_f, out_f, bias=bias, dtype=dtype, int_matmul="off")
+    b.load_state_dict(a.state_dict())
+    return a, b
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_int_forward_matches_float64_formula(bias):
+    layer, _ = _pair(bias=bias)
+    x = torch.randn(3, 5, 48)
+    assert layer.uses_int_matmul()
+    y = layer(x)
+    ref = _reference(x, layer.weight, layer.bias)
+    # one fp32 rounding of the epilogue (and of the bias add): 2 ulp relative plus the bias' ulp
+    torch.testing.assert_close(y.double(), ref, rtol=2.5e-7, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-5), (torch.bfloat16, 2 ** -6)])
+def test_int_forward_matches_fake_quant_within_stated_tolerance(dtype, rtol):
+    """Stated tolerance: fp32 agrees to 1e-5 of max|y| (the fake path's rounded float products and sums);
+    bf16 to 2^-6 of max|y| (the fake path multiplies bf16-rounded x_q, W_q and accumulates in bf16)."""
+    a, b = _pair(in_f=256, out_f=64, dtype=dtype)
+    x = torch.randn(4, 7, 256, dtype=dtype)
+    ya, yb = a(x), b(x)
+    assert not b.uses_int_matmul()
+    scale = yb.float().abs().max()
+    assert (ya.float() - yb.float()).abs().max() <= rtol * scale
+    assert not torch.equal(ya, torch.zeros_like(ya))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gradients_equal_fake_quant(dtype):
+    a, b = _pair(bias=True, dtype=dtype)
+    x = torch.randn(2, 6, 48, dtype=dtype)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    g = torch.randn(2, 6, 40, dtype=dtype)
+    a(xa).backward(g)
+    b(xb).backward(g)
+    tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(xa.grad, xb.grad, **tol)
+    torch.testing.assert_close(a.weight.grad, b.weight.grad, **tol)
+    torch.testing.assert_close(a.bias.grad, b.bias.grad, **tol)
+
+
+def test_code_matmul_fallback_is_exact(monkeypatch):
+    torch.manual_seed(1)
+    a = torch.randint(-128, 128, (9, 1000), dtype=torch.int8)
+    b = torch.randint(-1, 2, (13, 1000), dtype=torch.int8)
+    exact = (a.long() @ b.long().t()).float()
+    assert torch.equal(int_forward.code_matmul(a, b), exact)
+    monkeypatch.setattr(int_forward, "int_mm_takes", lambda *args: False)
+    assert torch.equal(int_forward.code_matmul(a, b), exact)
+
+
+def test_cuda_shape_rule():
+    cuda = torch.device("cuda")
+    assert int_forward.int_mm_takes(32, 64, 32, cuda)
+    assert not int_forward.int_mm_takes(16, 64, 32, cuda)
+    assert not int_forward.int_mm_takes(32, 60, 32, cuda)
+
+
+def test_fake_quant_path_for_phase_in_and_other_schemes():
+    layer = BitLinear(32, 16)
+    layer.set_lambda(weight=0.5)
+    assert not layer.uses_int_matmul()
+    layer.set_lambda(weight=1.0)
+    assert layer.uses_int_matmul()
+    assert not BitLinear(32, 16, activation_scheme="int4_absmean").uses_int_matmul()
+    assert BitLinear(32, 16, activation_scheme="int8_absmax").uses_int_matmul()
+    assert not BitLinear(32, 16, int_matmul="off").uses_int_matmul()
+    with pytest.raises(ValueError):
+        BitLinear(32, 16, int_matmul="yes")
+
+
+def test_weight_quantized_once_per_optimizer_step(monkeypatch):
+    calls = []
+    real = int_forward.ternary_weight_codes
+    monkeypatch.setattr(int_forward, "ternary_weight_codes", lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(2)
+    layer = BitLinear(32, 24)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.5)
+    x = torch.randn(4, 32)
+    for _ in range(3):  # gradient accumulation: three micro-batches, one step
+        layer(x).square().sum().backward()
+    assert len(calls) == 1
+    opt.step()
+    with torch.no_grad():
+        y = layer(x)  # evaluation after the step sees the new weight
+    assert len(calls) == 2
+    torch.testing.assert_close(y.double(), _reference(x, layer.weight), rtol=2.5e-7, atol=1e-6)
+    layer(x)
+    assert len(calls) == 2
+
+
+def test_saves_codes_not_float_copies():
+    layer = BitLinear(64, 32)
+    x = torch.randn(8, 64, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        layer(x)
+    big_float = [t for t in saved if t.is_floating_point() and t.numel() >= 32 * 8]
+    assert big_float == []
+    assert [t.dtype for t in saved if not t.is_floating_point()] == [torch.int8, torch.int8]
+
+
+def test_compiles_and_stays_within_tolerance():
+    torch.manual_seed(3)
+    layer = BitLinear(64, 32)
+    x = torch.randn(4, 8, 64, requires_grad=True)
+    y = torch.compile(layer)(x)
+    torch.testing.assert_close(y.double(), _reference(x, layer.weight), rtol=1e-6, atol=1e-6)
+    y.sum().backward()
+    w_q = (layer.weight.double() / layer.weight.double().abs().mean()).round().clamp(-1, 1) \
+        * layer.weight.double().abs().mean()
+    torch.testing.assert_close(x.grad.double(), w_q.sum(0).expand_as(x), rtol=1e-5, atol=1e-5)
+
+
+def test_update_through_data_is_seen_after_optimizer_step():
+    """An update written through .data (no version bump), as DeepSpeed writes, is seen after a step."""
+    torch.manual_seed(4)
+    layer = BitLinear(32, 16)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.0)
+    x = torch.randn(3, 32)
+    layer(x)
+    layer.weight.data.mul_(-1.0)
+    opt.step()
+    torch.testing.assert_close(layer(x).double(), _reference(x, layer.weight), rtol=2.5e-7, atol=1e-6)
+
+
+def test_autocast_bf16_output_and_gradient_dtypes():
+    torch.manual_seed(5)
+    layer = BitLinear(32, 16, bias=True)
+    x = torch.randn(3, 32, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert x.grad.dtype == layer.weight.grad.dtype == layer.bias.grad.dtype == torch.float32
