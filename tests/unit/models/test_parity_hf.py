@@ -26,7 +26,7 @@ from transformers.integrations.bitnet import AutoBitLinear
 from bitnet_train.config import ConfigError, QuantConfig
 from bitnet_train.models.decoder import CausalLM
 from bitnet_train.models.hf import from_hf_state_dict, load_hf_weights, model_config_from_hf, to_hf_state_dict
-from bitnet_train.quant.convert import quantize_model, set_lambda
+from bitnet_train.quant.convert import bitlinear_modules, quantize_model, set_lambda
 
 # transformers' BitNet quantizers are @torch.compile'd: their first call would compile for minutes on CPU.
 pytestmark = pytest.mark.usefixtures("dynamo_disabled")
