@@ -47,6 +47,7 @@ from bitnet_train.distill.evaluate import validation_loss
 from bitnet_train.distill.logit_cache import TeacherLogitCache
 from bitnet_train.distill.student import calibrate_new_norms, load_teacher_weights, student_model_config
 from bitnet_train.distill.teacher import Teacher, load_teacher, relation_pairs
+from bitnet_train.evaluate.callback import evaluation_metrics
 from bitnet_train.lit.callbacks.stage import StageCallback
 from bitnet_train.lit.checkpoint_io import atomic_torch_save, load_checkpoint_file
 from bitnet_train.lit.distill import DistillModule
@@ -230,7 +231,7 @@ def _fit(run: RunTrainer, module: PretrainModule, datamodule: CausalLMDataModule
         value = trainer.callback_metrics.get(key)
         if value is not None:
             out[key.replace("/", "_")] = float(value)
-    return out
+    return {**out, **evaluation_metrics(trainer.callbacks)}  # callbacks.evaluation, when enabled
 
 
 class DistillationRun:

@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from bitnet_train.config import (ConfigError, DataConfig, ModelConfig, OptimConfig, QuantConfig, ScheduleConfig,
                                  from_mapping, to_dict)
 from bitnet_train.data import CausalLMDataModule
+from bitnet_train.evaluate.callback import evaluation_metrics
 from bitnet_train.lit.pretrain import PretrainModule
 from bitnet_train.tasks.init_source import InitSource, read_init_source
 from bitnet_train.lit.run_checkpoints import newest_resumable
@@ -108,5 +109,6 @@ def run_pretraining(cfg: DictConfig) -> dict[str, Any]:
         "resumed_from": ckpt_path,
         "init_from": init.path if init is not None else None,
         "schedule": to_dict(schedule_cfg) if schedule_cfg.active else None,
+        **evaluation_metrics(trainer.callbacks),  # callbacks.evaluation: the last tasks / perplexity figures
     }
     return finish_run(cfg, metrics)

@@ -1,4 +1,4 @@
-"""Training callbacks, one per file."""
+"""Training callbacks, one per file (the evaluation callback lives with the evaluator: bitnet_train/evaluate/)."""
 
 from bitnet_train.lit.callbacks.faults import NonFiniteGuard
 from bitnet_train.lit.callbacks.model_summary import ModelTable
