@@ -47,7 +47,7 @@ def _loader():
     return torch.utils.data.DataLoader([{"input_ids": r[:-1], "labels": r[1:]} for r in ids], batch_size=2)
 
 
-@pytest.mark.skip(reason="did not finish within 10 minutes on the loaded development machine; undiagnosed")
+
 def test_runs_every_n_steps_logs_everywhere_and_exposes_final(tmp_path):
     text = tmp_path / "t.txt"
     text.write_text("It is a truth universally acknowledged.\n\nEmma Woodhouse, handsome, clever, and rich.\n")
