@@ -41,7 +41,7 @@ PROMPT = 32
 SHAPES = {
     "tiny": {},
     "d2048": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=8, num_attention_heads=16,
-                  num_key_value_heads=16),
+                  num_key_value_heads=16, head_dim=None),
 }
 
 
