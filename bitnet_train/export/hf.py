@@ -11,7 +11,8 @@ quantization_config = {"quant_method": "bitnet", "linear_class": "bitlinear", "q
 "offline"}. Each projection's `weight` is uint8 [out/4, in] (kernels/packing.py `pack_hf`) and its
 `weight_scale` [1] is 1/gamma, as the quantizer computed it: transformers' `bitlinear` divides the
 integer product by it (and by the activation scale). Linears left in full precision are listed in
-`modules_to_not_convert`. Tokenizer files are written beside the model (export/tokenizer_files.py).
+`modules_to_not_convert`. Tokenizer files, generation_config.json and a Hub model card (README.md) are written beside the
+model (export/tokenizer_files.py, export/model_card.py).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from bitnet_train.config import ConfigError
 from bitnet_train.export.native import DTYPES
 from bitnet_train.export.source import Source
 from bitnet_train.export.ternary import dense_tensors, ternary_layers
+from bitnet_train.export.model_card import write_generation_config, write_model_card
 from bitnet_train.export.tokenizer_files import save_transformers_tokenizer
 from bitnet_train.kernels.packing import pack_hf
 from bitnet_train.models.hf import to_hf_state_dict
@@ -141,4 +143,11 @@ def write_hf(source: Source, out: str | Path, dtype: str = "float32",
     save_file(hf_state_dict(source, family, DTYPES[dtype], progress), str(out / "model.safetensors"),
               metadata={"format": "pt"})
     save_transformers_tokenizer(source.tokenizer, source.tokenizer_path, out)
+    write_generation_config(source, out)
+    write_model_card(source, out, _hf_config_class(family))
     return out
+
+
+def _hf_config_class(family: str) -> str:
+    return {"bitnet": "BitNetForCausalLM", "llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
+            "qwen3": "Qwen3ForCausalLM"}[family]

@@ -39,8 +39,7 @@ def _value(field):
 @pytest.mark.parametrize("qtype", ["tq2_0", "tq1_0"])
 def test_bitnet_arch_reads_back_exactly(checkpoint, tmp_path, qtype):
     src = load_source(checkpoint(GGUF_SHAPE), tokenizer=TOKENIZER)
-    with pytest.warns(UserWarning, match="SiLU"):
-        path = write_gguf(src, tmp_path / "m.gguf", qtype=qtype)
+    path = write_gguf(src, tmp_path / "m.gguf", qtype=qtype)
     _, tensors, fields = _read(path)
     assert _value(fields["general.architecture"]) == "bitnet"
     assert _value(fields["bitnet.block_count"]) == 2 and _value(fields["bitnet.attention.head_count_kv"]) == 2
@@ -89,7 +88,7 @@ def test_permute_matches_llama_rope_layout():
 
 
 @pytest.mark.parametrize("model,quant,match", [
-    (dict(), dict(), "multiples of 256"),
+    ({**GGUF_SHAPE, "hidden_act": "relu2"}, dict(), "relu2-gated.*SiLU-gated.*--format hf or native.*hidden_act=silu"),
     (GGUF_SHAPE, dict(norm="all_linear"), "every linear"),
     ({**GGUF_SHAPE, "tie_word_embeddings": False}, dict(), "untied head"),
     ({**GGUF_SHAPE, "qk_norm": True}, dict(norm="none"), "q/k norms"),
@@ -105,10 +104,36 @@ def test_transformers_tokenizer_folder(checkpoint, tmp_path):
 
     sentencepiece_to_transformers(TOKENIZER).save_pretrained(tmp_path / "tok")
     src = load_source(checkpoint(GGUF_SHAPE), tokenizer=tmp_path / "tok")
-    with pytest.warns(UserWarning, match="SiLU"):
-        path = write_gguf(src, tmp_path / "m.gguf")
+    path = write_gguf(src, tmp_path / "m.gguf")
     _, _, fields = _read(path)
     tokens = fields["tokenizer.ggml.tokens"]
     sp = spm.SentencePieceProcessor(model_file=str(TOKENIZER))
     assert [bytes(tokens.parts[i]).decode() for i in tokens.data] == [sp.id_to_piece(i) for i in range(4096)]
     assert _value(fields["tokenizer.ggml.model"]) == "llama"
+
+
+@pytest.mark.parametrize("arch_quant", [dict(), dict(norm="none")], ids=["bitnet", "llama"])
+def test_any_shape_q8_0_and_f16_fallback_is_exact(checkpoint, tmp_path, arch_quant):
+    # hidden 576 (a SmolLM2-sized student): rows of 576 are Q8_0; FFN 200 (not a multiple of 32): F16
+    shape = dict(hidden_size=576, intermediate_size=200, num_attention_heads=9, num_key_value_heads=3,
+                 tie_word_embeddings=True)
+    src = load_source(checkpoint(shape, arch_quant), tokenizer=TOKENIZER)
+    lines = []
+    path = write_gguf(src, tmp_path / "m.gguf", report=lines.append)
+    _, tensors, _ = _read(path)
+    bitnet = not arch_quant
+    for name, layer in ternary_layers(src.model).items():
+        bid, rest = name.split(".")[2], ".".join(name.split(".")[3:])
+        t = tensors[f"blk.{bid}.{NAMES[rest]}.weight"]
+        assert t.tensor_type.name == {576: "Q8_0", 200: "F16"}[layer.in_features], name
+        deq = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
+        if bitnet:
+            deq = deq * tensors[f"blk.{bid}.{NAMES[rest]}.scale"].data
+            expect = layer.codes.float() * layer.scale
+        else:
+            expect = layer.codes.float() * layer.scale.half().float()
+            if rest in ("self_attn.q_proj", "self_attn.k_proj"):
+                expect = _permute(expect, 9 if rest.endswith("q_proj") else 3)
+        assert np.array_equal(deq, expect.numpy()), name
+    # Q8_0 is 8.5 bits, F16 16, TQ2_0 2.0625 per weight: the report states the cost
+    assert len(lines) == 1 and "Q8_0" in lines[0] and "F16" in lines[0] and "MiB against" in lines[0]

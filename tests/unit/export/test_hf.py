@@ -22,7 +22,8 @@ from test_native import assert_logits_close
 pytestmark = pytest.mark.usefixtures("dynamo_disabled")
 
 CASES = {
-    "bitnet": (dict(), dict(), "BitNetForCausalLM"),
+    "bitnet": (dict(), dict(), "BitNetForCausalLM"),  # the default model's SiLU FFN
+    "bitnet-relu2": (dict(hidden_act="relu2"), dict(), "BitNetForCausalLM"),  # BitNet b1.58 2B4T's FFN
     "llama-none-silu": (dict(hidden_act="silu", tie_word_embeddings=False, attention_bias=True,
                              attention_out_bias=True), dict(norm="none"), "LlamaForCausalLM"),
     "llama-all_linear": (dict(), dict(norm="all_linear", norm_eps=1e-6), "LlamaForCausalLM"),

@@ -19,6 +19,7 @@ from exporttest_helpers import TOKENIZER, ids
 CASES = {
     "subln-2bit": (dict(), dict(), "2bit"),
     "subln-base3": (dict(), dict(), "base3"),
+    "subln-relu2": (dict(hidden_act="relu2"), dict(), "2bit"),  # BitNet b1.58 2B4T's FFN
     "none-silu-untied": (dict(hidden_act="silu", tie_word_embeddings=False), dict(norm="none"), "2bit"),
     "all_linear-bias-qknorm": (dict(attention_bias=True, attention_out_bias=True, qk_norm=True),
                                dict(norm="all_linear", norm_eps=1e-6), "base3"),

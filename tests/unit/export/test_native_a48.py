@@ -107,3 +107,17 @@ def test_generate_with_a_low_bit_kv_cache(checkpoint, tmp_path):
     assert all(t.startswith("It is a truth") and len(t) > len("It is a truth") for t in texts.values())
     with pytest.raises(ConfigError, match="--kv-bits=1"):
         run(parse_args([str(out), "--prompt", "x", "--kv-bits", "1"]))
+
+
+def test_transformers_and_gguf_refuse_a48_activations(checkpoint, tmp_path):
+    src = load_source(checkpoint(quant=dict(activation_schemes=A48)), tokenizer=TOKENIZER)
+    with pytest.raises(ConfigError, match="int8 absmax only"):
+        write_hf(src, tmp_path / "hf")
+    pytest.importorskip("gguf")
+    from bitnet_train.export.gguf_format import write_gguf
+
+    src = load_source(checkpoint(dict(hidden_size=256, intermediate_size=256, num_attention_heads=4,
+                                      num_key_value_heads=4), dict(activation_schemes=A48), name="g.ckpt"),
+                      tokenizer=TOKENIZER)
+    with pytest.raises(ConfigError, match="8 bits only"):
+        write_gguf(src, tmp_path / "m.gguf")
