@@ -39,7 +39,6 @@ from bitnet_train.config import ConfigError
 from bitnet_train.export.source import Source
 from bitnet_train.export.ternary import dense_tensors, ternary_layers
 from bitnet_train.export.tokenizer_files import SP_FILE, tokenizer_kind
-from bitnet_train.quant.convert import bitlinear_modules
 
 QK = 256
 TYPES = ("tq2_0", "tq1_0")

@@ -24,7 +24,6 @@ from bitnet_train.export.native import write_native
 from bitnet_train.export.source import load_source
 from bitnet_train.infer.generate import generate
 from bitnet_train.infer.model import load_model
-from bitnet_train.paths import shipped_dir
 from bitnet_train.lit.pretrain import PretrainModule
 from exporttest_helpers import SMALL, TOKENIZER, ids
 
