@@ -129,7 +129,7 @@ class QuantConfig:
     kv_bits: int | None = None
     """Quantize attention keys (after RoPE) and values per head and token to this many bits (absmax),
     in training, evaluation and the KV cache; None keeps them in full precision."""
-    int_matmul: str = "auto"
+    int_matmul: str = "off"
     """auto: fully quantized int8-absmax layers multiply int8 x ternary codes with int32 accumulation
     (quant/int_forward.py); off: always the fake-quant float matmul."""
 

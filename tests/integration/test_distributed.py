@@ -34,6 +34,11 @@ BASE = [o for o in SMALL if not o.startswith("data.batch_size")] + [
     "callbacks.checkpoint.save_top_k=-1", "callbacks.quant_stats.every_n_steps=2"]
 KIND = {"ddp": "file", "fsdp2": "fsdp2", "deepspeed_zero2": "deepspeed", "deepspeed_zero3": "deepspeed"}
 TOL = dict(rtol=2e-5, atol=2e-5)
+# Final weights after 4 AdamW steps: the strategies reduce gradients in another order than one process, and
+# AdamW's per-element normalization turns those last-bit gradient differences into weight differences of a
+# few 1e-5 (measured up to 3.5e-5 on embeddings of magnitude 0.09 with the SiLU FFN); losses, scales and
+# logits keep their own tolerances.
+WEIGHT_TOL = dict(rtol=2e-5, atol=1e-4)
 
 
 def _log(out: Path, column: str) -> dict[int, float]:
@@ -78,7 +83,7 @@ def _export_logits(consolidated: Path, tmp: Path) -> tuple[torch.Tensor, torch.T
                           num_hidden_layers=m.num_hidden_layers, num_attention_heads=m.num_attention_heads,
                           num_key_value_heads=m.num_key_value_heads, rms_norm_eps=m.rms_norm_eps,
                           rope_theta=m.rope_theta, max_position_embeddings=m.max_position_embeddings,
-                          tie_word_embeddings=True, hidden_act="relu2")
+                          tie_word_embeddings=True, hidden_act=m.hidden_act)
     BitNetForCausalLM(config).save_pretrained(tmp)
     cfg_file = tmp / "config.json"
     raw = json.loads(cfg_file.read_text())
@@ -140,7 +145,7 @@ def test_two_processes_match_one_resume_and_consolidate(strategy, reference, tmp
     state, ref_state = module.state_dict(), ref_module.state_dict()
     assert set(state) == set(ref_state)
     for key in ref_state:
-        torch.testing.assert_close(state[key], ref_state[key], **TOL, msg=key)
+        torch.testing.assert_close(state[key], ref_state[key], **WEIGHT_TOL, msg=key)
     logits, ref_logits = _logits(module), _logits(ref_module)
     torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=1e-4)
     untrained = PretrainModule(ref_module.hparams["model"], ref_module.hparams["quant"], ref_module.hparams["optim"])

@@ -194,7 +194,7 @@ def test_bitnet_b158_subln_parity(tmp_path, seed):
     ref = _logits(hf, ids)
     out = _logits(ours, ids)
     _assert_same(out, ref, rtol=0, atol=0)  # the same ops in the same order: bit-exact
-    # the integer forward (quant.int_matmul=auto, the default) rounds once per output, not per product
+    # the integer forward (quant.int_matmul=auto) rounds once per output, not per product
     for module in bitlinear_modules(ours).values():
         module.int_matmul = "auto"
     _assert_same(_logits(ours, ids), ref, rtol=1e-4, atol=1e-4)

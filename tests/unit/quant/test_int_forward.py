@@ -20,7 +20,7 @@ def _reference(x, w, bias=None):
 
 def _pair(in_f=48, out_f=40, bias=False, dtype=torch.float32, seed=0):
     torch.manual_seed(seed)
-    a = BitLinear(in_f, out_f, bias=bias, dtype=dtype)
+    a = BitLinear(in_f, out_f, bias=bias, dtype=dtype, int_matmul="auto")
     b = BitLinear(in_f, out_f, bias=bias, dtype=dtype, int_matmul="off")
     b.load_state_dict(a.state_dict())
     return a, b
@@ -82,13 +82,13 @@ def test_cuda_shape_rule():
 
 
 def test_fake_quant_path_for_phase_in_and_other_schemes():
-    layer = BitLinear(32, 16)
+    layer = BitLinear(32, 16, int_matmul="auto")
     layer.set_lambda(weight=0.5)
     assert not layer.uses_int_matmul()
     layer.set_lambda(weight=1.0)
     assert layer.uses_int_matmul()
-    assert not BitLinear(32, 16, activation_scheme="int4_absmean").uses_int_matmul()
-    assert BitLinear(32, 16, activation_scheme="int8_absmax").uses_int_matmul()
+    assert not BitLinear(32, 16, activation_scheme="int4_absmean", int_matmul="auto").uses_int_matmul()
+    assert BitLinear(32, 16, activation_scheme="int8_absmax", int_matmul="auto").uses_int_matmul()
     assert not BitLinear(32, 16, int_matmul="off").uses_int_matmul()
     with pytest.raises(ValueError):
         BitLinear(32, 16, int_matmul="yes")
@@ -99,7 +99,7 @@ def test_weight_quantized_once_per_optimizer_step(monkeypatch):
     real = int_forward.ternary_weight_codes
     monkeypatch.setattr(int_forward, "ternary_weight_codes", lambda *a: calls.append(1) or real(*a))
     torch.manual_seed(2)
-    layer = BitLinear(32, 24)
+    layer = BitLinear(32, 24, int_matmul="auto")
     opt = torch.optim.SGD(layer.parameters(), lr=0.5)
     x = torch.randn(4, 32)
     for _ in range(3):  # gradient accumulation: three micro-batches, one step
@@ -115,7 +115,7 @@ def test_weight_quantized_once_per_optimizer_step(monkeypatch):
 
 
 def test_saves_codes_not_float_copies():
-    layer = BitLinear(64, 32)
+    layer = BitLinear(64, 32, int_matmul="auto")
     x = torch.randn(8, 64, requires_grad=True)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
@@ -127,7 +127,7 @@ def test_saves_codes_not_float_copies():
 
 def test_compiles_and_stays_within_tolerance():
     torch.manual_seed(3)
-    layer = BitLinear(64, 32)
+    layer = BitLinear(64, 32, int_matmul="auto")
     x = torch.randn(4, 8, 64, requires_grad=True)
     y = torch.compile(layer)(x)
     torch.testing.assert_close(y.double(), _reference(x, layer.weight), rtol=1e-6, atol=1e-6)
@@ -140,7 +140,7 @@ def test_compiles_and_stays_within_tolerance():
 def test_update_through_data_is_seen_after_optimizer_step():
     """An update written through .data (no version bump), as DeepSpeed writes, is seen after a step."""
     torch.manual_seed(4)
-    layer = BitLinear(32, 16)
+    layer = BitLinear(32, 16, int_matmul="auto")
     opt = torch.optim.SGD(layer.parameters(), lr=0.0)
     x = torch.randn(3, 32)
     layer(x)
@@ -151,7 +151,7 @@ def test_update_through_data_is_seen_after_optimizer_step():
 
 def test_autocast_bf16_output_and_gradient_dtypes():
     torch.manual_seed(5)
-    layer = BitLinear(32, 16, bias=True)
+    layer = BitLinear(32, 16, bias=True, int_matmul="auto")
     x = torch.randn(3, 32, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = layer(x)
