@@ -51,7 +51,11 @@ def test_train_export_generate(tmp_path, data_cache):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith("It is a truth universally")  # (an 8-step model may well stop at EOS at once)
 
-    # greedy generation from the export equals greedy generation with the training-time model
+    # greedy generation from the export is greedy for the training-time model too: along the runtime's own
+    # 12 new tokens both give the same logits to 0.05 (the integer runtime rounds once per output, the training
+    # forward per product, so an activation sitting on a rounding boundary of the int8 quantizer can take the
+    # neighbouring code: measured up to 9e-3 with 2 threads) and each chosen token is the training model's
+    # argmax up to that tolerance (equal greedy strings would test near-ties, not the model)
     from bitnet_train.export.source import load_source
     from bitnet_train.infer.generate import generate
     from bitnet_train.infer.model import load_model
@@ -59,7 +63,13 @@ def test_train_export_generate(tmp_path, data_cache):
     src = load_source(ckpt)
     runtime, tok, _ = load_model(native)
     prompt = torch.tensor([tok.encode_batch(["It is a truth universally"])[0]])
-    assert torch.equal(generate(runtime, prompt, 12), generate(src.model, prompt, 12))
+    tokens = generate(runtime, prompt, 12)
+    with torch.no_grad():
+        ours, trained = runtime(tokens[:, :-1]).float(), src.model(tokens[:, :-1]).float()
+    torch.testing.assert_close(ours, trained, rtol=0, atol=0.05)
+    steps = trained[0, prompt.shape[1] - 1:]
+    chosen = tokens[0, prompt.shape[1]:]
+    assert torch.all(steps.gather(1, chosen[:, None])[:, 0] >= steps.max(-1).values - 0.05)
 
 
 def test_export_errors_are_one_line(tmp_path):
