@@ -18,12 +18,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
+
+from _study_runs import run_training
 
 FP_SAME_NET = ["quant.weight_lambda=0", "quant.activation_lambda=0"]
 RUNS: dict[str, list[str]] = {
@@ -52,25 +49,12 @@ RUNS: dict[str, list[str]] = {
 
 
 def run(name: str, args: argparse.Namespace) -> None:
-    out = Path(args.out) / name
-    if (out / "metrics.json").is_file() and not args.force:
-        print(f"[{name}] done already ({out}); --force to rerun", flush=True)
-        return
-    if out.exists():
-        shutil.rmtree(out)
-    cmd = [sys.executable, "-m", "bitnet_train", *RUNS[name], *args.extra, f"trainer.max_steps={args.steps}",
-           f"trainer.val_check_interval={args.steps}", f"callbacks.checkpoint.every_n_train_steps={args.steps}",
-           "callbacks.progress=null", "trainer.enable_model_summary=false", "trainer.log_every_n_steps=1",
-           f"seed={args.seed}", f"hydra.run.dir={out}", f"task_name={name}"]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), WANDB_MODE="offline")
-    print(f"[{name}] {' '.join(cmd[3:])}", flush=True)
-    started = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "train.log", "w") as logf:
-        proc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
-    if proc.returncode != 0:
-        raise SystemExit(f"[{name}] failed (exit {proc.returncode}); see {out / 'train.log'}")
-    print(f"[{name}] finished in {time.perf_counter() - started:.0f} s", flush=True)
+    steps = args.steps
+    run_training(Path(args.out) / name, [*RUNS[name], *args.extra, f"trainer.max_steps={steps}",
+                                         f"trainer.val_check_interval={steps}",
+                                         f"callbacks.checkpoint.every_n_train_steps={steps}",
+                                         "trainer.log_every_n_steps=1", f"seed={args.seed}"],
+                 threads=args.threads, force=args.force)
 
 
 def _train_losses(out: Path) -> list[float]:

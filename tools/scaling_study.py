@@ -19,12 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
+
+from _study_runs import run_training
 
 # name: (hidden, layers, heads, ffn)
 SIZES = {"xs": (64, 2, 2, 192), "s": (128, 4, 4, 384), "m": (256, 4, 4, 768), "l": (384, 6, 6, 1024)}
@@ -47,31 +44,14 @@ def run_name(size: str, network: str, lr: float) -> str:
 
 
 def train(size: str, network: str, lr: float, args: argparse.Namespace) -> Path:
-    out = Path(args.out) / run_name(size, network, lr)
-    if (out / "metrics.json").is_file() and not args.force:
-        return out
-    if out.exists():
-        shutil.rmtree(out)
     hidden, layers, heads, ffn = SIZES[size]
     steps = steps_for(size, args.tokens_per_param)
-    cmd = [sys.executable, "-m", "bitnet_train", *NETWORKS[network], *args.extra,
-           f"model.hidden_size={hidden}", f"model.num_hidden_layers={layers}", f"model.num_attention_heads={heads}",
-           f"model.num_key_value_heads={heads}", f"model.intermediate_size={ffn}", f"data.seq_len={SEQ_LEN}",
-           f"data.batch_size={BATCH}", f"optim.lr={lr}", f"optim.warmup_steps={max(1, steps // 10)}",
-           f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}",
-           f"callbacks.checkpoint.every_n_train_steps={steps}", "callbacks.progress=null",
-           "trainer.enable_model_summary=false", f"seed={args.seed}", f"hydra.run.dir={out}",
-           f"task_name={run_name(size, network, lr)}"]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), WANDB_MODE="offline")
-    print(f"[{out.name}] {steps} steps", flush=True)
-    started = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "train.log", "w") as logf:
-        proc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
-    if proc.returncode != 0:
-        raise SystemExit(f"[{out.name}] failed (exit {proc.returncode}); see {out / 'train.log'}")
-    print(f"[{out.name}] finished in {time.perf_counter() - started:.0f} s", flush=True)
-    return out
+    return run_training(Path(args.out) / run_name(size, network, lr), [
+        *NETWORKS[network], *args.extra, f"model.hidden_size={hidden}", f"model.num_hidden_layers={layers}",
+        f"model.num_attention_heads={heads}", f"model.num_key_value_heads={heads}", f"model.intermediate_size={ffn}",
+        f"data.seq_len={SEQ_LEN}", f"data.batch_size={BATCH}", f"optim.lr={lr}",
+        f"optim.warmup_steps={max(1, steps // 10)}", f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}",
+        f"callbacks.checkpoint.every_n_train_steps={steps}", f"seed={args.seed}"], threads=args.threads, force=args.force)
 
 
 def collect(args: argparse.Namespace) -> list[dict]:
