@@ -79,7 +79,8 @@ class EvaluationCallback(pl.Callback):
                     from bitnet_train.evaluate.lm import BitnetLM
 
                     out["tasks"] = summarize(run_tasks(BitnetLM(evaluable=ev, batch_size=self.batch_size), self.tasks,
-                                                       self.num_fewshot, self.limit, verbosity="ERROR"))
+                                                       self.num_fewshot, self.limit, verbosity="ERROR",
+                                                       bootstrap_iters=0))
         finally:
             module.train(was_training)
         return out

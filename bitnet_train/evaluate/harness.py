@@ -5,10 +5,16 @@
 `python -m bitnet_train.evaluate.harness ARGS` is exactly the `lm_eval` command with `--model bitnet_train`
 available and the offline tasks on the include path: lm-eval 0.4.13 finds models only in its own
 registry (no entry-point discovery), so a plain `lm_eval` process cannot see a class it never imports.
+
+lm-eval bootstraps the stderr of some aggregates (perplexity, f1, ...) in a fork()ed multiprocessing pool
+unless DISABLE_MULTIPROC is set. Forking a process whose torch thread pools are running can leave a child
+blocked forever on a lock held by a thread that did not survive the fork, so both paths here set it and
+lm-eval bootstraps in-process.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -28,6 +34,7 @@ def run_tasks(lm, tasks: list[str], num_fewshot: int | None = None, limit: float
               output_path: str | None = None, log_samples: bool = False, include_path: str | None = None,
               seed: int = 1234, **kwargs) -> dict[str, Any]:
     """lm-eval's results dict for `tasks` on the LM instance `lm` (see module docstring)."""
+    os.environ["DISABLE_MULTIPROC"] = "1"
     from lm_eval import simple_evaluate
     from lm_eval.loggers import EvaluationTracker
 
@@ -51,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     import bitnet_train.evaluate.lm  # noqa: F401  (registers "bitnet_train")
     from lm_eval.__main__ import cli_evaluate
 
+    os.environ["DISABLE_MULTIPROC"] = "1"
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--include_path" not in argv and any(a.startswith("--") for a in argv):
         argv += ["--include_path", str(TASKS_DIR)]
