@@ -9,11 +9,13 @@ option (num_fewshot, limit, output_path, log_samples, ...) works unchanged:
 - generate_until: greedy decoding with the KV cache (infer/generate.py; transformers' generate for a
   transformers export), requests of equal prompt length batched together, cut at the first stop string.
 Model arguments: path (the source), config, tokenizer (overrides for a checkpoint), device, max_length,
-batch_size. Tokens are encoded without special tokens, documents preceded by EOS, as training packs them.
+batch_size. As lm-eval's `hf` backend does, a CUDA device on a machine without one (the `lm_eval` command
+asks for cuda:0 unless told otherwise) falls back to the CPU, with a log line. Tokens are encoded without special tokens, documents preceded by EOS, as training packs them.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 
 import torch
@@ -23,6 +25,18 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from bitnet_train.evaluate.perplexity import score_windows
 from bitnet_train.evaluate.sources import Evaluable, load_evaluable
+
+log = logging.getLogger(__name__)
+
+
+def usable_device(device: str | None) -> str:
+    """`device`, or the CPU where it names CUDA and none is available (lm-eval's hf backend does the same)."""
+    if not device:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        log.warning("device %s asked for but CUDA is not available: evaluating on the CPU", device)
+        return "cpu"
+    return str(device)
 
 
 @register_model("bitnet_train")
@@ -34,7 +48,7 @@ class BitnetLM(TemplateLM):
         if evaluable is None:
             if path is None:
                 raise ValueError("model_args needs path=SOURCE (a checkpoint, stage folder or export)")
-            evaluable = load_evaluable(path, config, tokenizer, device or "cpu", max_length)
+            evaluable = load_evaluable(path, config, tokenizer, usable_device(device), max_length)
         self.ev = evaluable
         self.tok = evaluable.tokenizer
         self.batch_size_per_gpu = 8 if str(batch_size).startswith("auto") else int(batch_size)

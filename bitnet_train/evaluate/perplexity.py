@@ -32,6 +32,30 @@ def windows(ids: list[int], prefix: int, max_length: int, stride: int) -> Iterat
         end = stop
 
 
+def _shared_rows(items: list[tuple[list[int], list[int]]]) -> tuple[list[tuple[int, ...]], list[int]]:
+    """The distinct model inputs to run, longest first, and for each item the row that holds its logits.
+
+    A causal model's logits at positions 0..m-1 depend on the first m tokens only, so an item whose inputs
+    are a prefix of another item's inputs (multiple choice: the context alone, for a one-token choice, is
+    a prefix of the longer choices' inputs; equal inputs for one-token choices of the same question) reads
+    its logits from that row instead of running again. Prefixes are looked up among rows that share the
+    item's first tokens (rows of one question), so the lookup stays linear in the number of items."""
+    head = 16
+    rows: list[tuple[int, ...]] = []
+    buckets: dict[tuple[int, ...], list[int]] = {}
+    row_of = [0] * len(items)
+    for i in sorted(range(len(items)), key=lambda i: -len(items[i][0])):
+        inputs = tuple(items[i][0])
+        key = inputs[:head]
+        found = next((r for r in buckets.get(key, ()) if rows[r][:len(inputs)] == inputs), None)
+        if found is None:
+            found = len(rows)
+            rows.append(inputs)
+            buckets.setdefault(key, []).append(found)
+        row_of[i] = found
+    return rows, row_of
+
+
 @torch.no_grad()
 def score_windows(logits_of, items: list[tuple[list[int], list[int]]], batch_size: int = 8,
                   pad_id: int = 0) -> list[tuple[float, bool]]:
@@ -39,22 +63,26 @@ def score_windows(logits_of, items: list[tuple[list[int], list[int]]], batch_siz
 
     Each item is (input tokens, target tokens), the targets being the last len(targets) next tokens of the
     inputs: target j is predicted at input position len(inputs) - len(targets) + j. Right padding is exact for
-    causal models (later positions never reach earlier ones)."""
+    causal models (later positions never reach earlier ones). Items whose inputs are a prefix of another's
+    share its forward (`_shared_rows`); the softmax is taken over the scored positions only."""
+    rows, row_of = _shared_rows(items)
+    readers: dict[int, list[int]] = {}
+    for i, r in enumerate(row_of):
+        readers.setdefault(r, []).append(i)
     out: list[tuple[float, bool] | None] = [None] * len(items)
-    order = sorted(range(len(items)), key=lambda i: -len(items[i][0]))
-    for b in range(0, len(order), batch_size):
-        idx = order[b:b + batch_size]
-        width = len(items[idx[0]][0])
-        batch = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        for row, i in enumerate(idx):
-            batch[row, :len(items[i][0])] = torch.tensor(items[i][0])
-        logprobs = F.log_softmax(logits_of(batch).float(), dim=-1).cpu()
-        for row, i in enumerate(idx):
-            inputs, targets = items[i]
-            n, first = len(targets), len(inputs) - len(targets)
-            lp = logprobs[row, first:first + n]
-            tgt = torch.tensor(targets)
-            out[i] = (float(lp.gather(-1, tgt[:, None]).sum()), bool((lp.argmax(-1) == tgt).all()))
+    for b in range(0, len(rows), batch_size):
+        chunk = range(b, min(b + batch_size, len(rows)))
+        batch = torch.full((len(chunk), len(rows[b])), pad_id, dtype=torch.long)
+        for k, r in enumerate(chunk):
+            batch[k, :len(rows[r])] = torch.tensor(rows[r])
+        logits = logits_of(batch)
+        for k, r in enumerate(chunk):
+            for i in readers[r]:
+                inputs, targets = items[i]
+                n, first = len(targets), len(inputs) - len(targets)
+                lp = F.log_softmax(logits[k, first:first + n].float(), dim=-1).cpu()
+                tgt = torch.tensor(targets)
+                out[i] = (float(lp.gather(-1, tgt[:, None]).sum()), bool((lp.argmax(-1) == tgt).all()))
     return out  # type: ignore[return-value]
 
 

@@ -10,8 +10,8 @@
   a full-precision run (quant.enabled=false) is evaluated in full precision;
 - a folder: a distillation stage (`stage1_refine/student.ckpt`, `stage*/checkpoints/last.ckpt`), a run
   folder (`checkpoints/last.ckpt`) or a distillation run folder (its latest stage), resolved to that file.
-The run configuration is looked for up to three folders above the checkpoint (stage folders sit one level
-deeper than a run's own checkpoints).
+The run configuration is looked for up to three folders above the checkpoint, as the exporter does (stage
+folders sit one level deeper than a run's own checkpoints).
 """
 
 from __future__ import annotations
@@ -102,23 +102,13 @@ def source_kind(path: Path) -> tuple[str, Path]:
                       "a native .safetensors export or a folder")
 
 
-def _run_config(ckpt: Path) -> Path | None:
-    from bitnet_train.export.source import _CONFIG_NAMES
-
-    for folder in (ckpt.parent, ckpt.parent.parent, ckpt.parent.parent.parent):
-        for name in _CONFIG_NAMES:
-            if (folder / name).is_file():
-                return folder / name
-    return None
-
-
 def _load_checkpoint(path: Path, config: str | Path | None, tokenizer: str | Path | None):
     from bitnet_train.export import source as src
     from bitnet_train.data.tokenizer import load_tokenizer
     from bitnet_train.models.decoder import CausalLM
     from bitnet_train.quant.convert import quantize_model
 
-    config = Path(config) if config is not None else _run_config(path)
+    config = Path(config) if config is not None else None
     obj = src._read_file(path)
     run_cfg, cfg_path = src._find_run_config(path, config)
     model_cfg, quant_cfg = src._settings(obj, run_cfg, cfg_path, path)

@@ -94,8 +94,10 @@ def _state_dict(obj: Mapping[str, Any], path: Path) -> dict[str, torch.Tensor]:
 
 
 def _find_run_config(path: Path, explicit: Path | None) -> tuple[Mapping[str, Any] | None, Path | None]:
+    # a run's checkpoint sits in RUN/checkpoints/, a distillation stage's one folder deeper (RUN/stageN/checkpoints/)
     candidates = [explicit] if explicit is not None else [
-        folder / name for folder in (path.parent, path.parent.parent) for name in _CONFIG_NAMES]
+        folder / name for folder in (path.parent, path.parent.parent, path.parent.parent.parent)
+        for name in _CONFIG_NAMES]
     for candidate in candidates:
         if candidate is not None and candidate.is_file():
             if candidate.suffix == ".json":

@@ -55,6 +55,30 @@ def _same_student(a: Path, b: Path) -> None:
 
 
 @pytest.mark.slow
+def _evaluator_reads_the_stages(run: Path, out: Path) -> None:
+    """The evaluator takes a distillation run folder as its latest stage and a stage folder as that stage's
+    student, and scores the stage-3 student as the packed runtime scores its native export (the consumer's
+    check; transformers' BitNet class cannot hold this Qwen2-shaped student, which has q/k/v biases)."""
+    from bitnet_train.evaluate.perplexity import perplexity
+    from bitnet_train.evaluate.sources import load_evaluable
+    from bitnet_train.evaluate.sources import source_kind
+    from bitnet_train.export.native import write_native
+    from bitnet_train.export.source import load_source
+
+    last3 = run / "stage3_distill" / "checkpoints" / "last.ckpt"
+    assert source_kind(run) == ("checkpoint", last3)
+    assert source_kind(run / "stage3_distill") == ("checkpoint", last3)
+    assert source_kind(run / "stage1_refine") == ("checkpoint", run / "stage1_refine" / "student.ckpt")
+    texts = ["It is a truth universally acknowledged, that a single man in possession of a good fortune.",
+             "Emma Woodhouse, handsome, clever, and rich, with a comfortable home and happy disposition."]
+    ours = perplexity(load_evaluable(run), texts)
+    theirs = perplexity(load_evaluable(write_native(load_source(last3), out)), texts)
+    assert ours["tokens"] == theirs["tokens"]
+    assert ours["loss"] == pytest.approx(theirs["loss"], abs=2e-4)
+    stage1 = perplexity(load_evaluable(run / "stage1_refine"), texts)
+    assert abs(stage1["loss"] - ours["loss"]) > 1e-3  # a different student: stages 2 and 3 trained it
+
+
 def test_three_stages_run_and_resume_from_any_stage(teacher, data_cache, tmp_path):
     straight = tmp_path / "straight"
     args = _args(teacher, data_cache, straight)
@@ -87,6 +111,8 @@ def test_three_stages_run_and_resume_from_any_stage(teacher, data_cache, tmp_pat
         assert all(float(row[key]) > 0 for row in rows)
     assert float(rows[0]["train/loss"]) == pytest.approx(
         float(rows[0]["train/ce"]) + float(rows[0]["train/logit_kl"]) + 10.0 * float(rows[0]["train/attn_kl"]), rel=1e-4)
+
+    _evaluator_reads_the_stages(straight, tmp_path / "stage3.safetensors")
 
     # resume in the middle of stage 2 (command line), then of stage 3, and from the stage-1 file
     mid2 = tmp_path / "from_stage2"
