@@ -102,6 +102,9 @@ class QuantConfig:
     norm: str = "subln"
     """Extra RMSNorm placement: subln (before o_proj, down_proj), all_linear (before every quantized linear), none."""
     norm_eps: float = 1e-5
+    norm_gain_init: float = 1.0
+    """Initial gain of those extra norms (RMSNorm's usual 1; a smaller gain starts the normed branches'
+    outputs at the scale of the network without them, docs/METHODS.md#norm-placement)."""
     include: list[str] = field(default_factory=lambda: ["*"])
     """fnmatch patterns of nn.Linear module names to quantize."""
     exclude: list[str] = field(default_factory=lambda: ["lm_head", "*embed_tokens*"])
@@ -140,6 +143,7 @@ class QuantConfig:
         _choice(s, "activation_bits", self.activation_bits, (8,))
         _choice(s, "norm", self.norm, ("subln", "all_linear", "none"))
         _positive(s, "norm_eps", self.norm_eps)
+        _positive(s, "norm_gain_init", self.norm_gain_init)
         _fraction(s, "weight_lambda", self.weight_lambda)
         _fraction(s, "activation_lambda", self.activation_lambda)
         for key in ("include", "exclude", "hadamard"):

@@ -42,9 +42,14 @@ RUNS: dict[str, list[str]] = {
     "b158_subln_depthinit": ["model.depth_scaled_init=true"],
     "fp_subln_depthinit": [*FP_SAME_NET, "model.depth_scaled_init=true"],
     "b158_none_depthinit": ["quant.norm=none", "model.depth_scaled_init=true"],
-    # the FFN activation: relu^2's tiny outputs at init against SiLU
-    "b158_subln_silu": ["model.hidden_act=silu"],
-    "b158_none_silu": ["quant.norm=none", "model.hidden_act=silu"],
+    # the sub-norms' initial gain: 1 makes the normed branches start far larger than without the norms
+    "b158_subln_gain0.2": ["quant.norm_gain_init=0.2"],
+    "b158_subln_gain0.05": ["quant.norm_gain_init=0.05"],
+    "fp_subln_gain0.05": [*FP_SAME_NET, "quant.norm_gain_init=0.05"],
+    "b158_subln_gain0.05_lr3e-3": ["quant.norm_gain_init=0.05", "optim.lr=3e-3"],
+    # the FFN activation: the earlier default relu^2 (688 wide, the same parameter count) against SiLU 768
+    "b158_subln_relu2": ["model.hidden_act=relu2", "model.intermediate_size=688"],
+    "b158_none_relu2": ["quant.norm=none", "model.hidden_act=relu2", "model.intermediate_size=688"],
 }
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from fnmatch import fnmatchcase
 
+import torch
 import torch.nn as nn
 
 from bitnet_train.config import ConfigError, QuantConfig
@@ -86,7 +87,7 @@ def quantize_model(model: nn.Module, cfg: QuantConfig) -> list[str]:
     for name in targets:
         parent_name, _, leaf = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, leaf, BitLinear.from_linear(
+        layer = BitLinear.from_linear(
             getattr(parent, leaf),
             weight_scale=cfg.weight_scale,
             activation_bits=cfg.activation_bits,
@@ -96,7 +97,11 @@ def quantize_model(model: nn.Module, cfg: QuantConfig) -> list[str]:
             activation_lambda=cfg.activation_lambda,
             int_matmul=cfg.int_matmul,
             **settings[name],
-        ))
+        )
+        if layer.input_norm is not None and cfg.norm_gain_init != 1.0:
+            with torch.no_grad():
+                layer.input_norm.weight.fill_(cfg.norm_gain_init)
+        setattr(parent, leaf, layer)
     return targets
 
 

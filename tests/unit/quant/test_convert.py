@@ -165,3 +165,17 @@ def test_second_conversion_leaves_existing_bitlinear_alone():
     converted = quantize_model(model, QuantConfig(include=["*"], norm="none"))
     assert sorted(converted) == sorted(n for n in _all_proj() if ".self_attn." in n)
     assert model.model.layers[0].mlp.down_proj is down and down.input_norm is not None
+
+
+@pytest.mark.parametrize("placement", ["subln", "all_linear"])
+def test_norm_gain_init_sets_only_the_extra_norms(placement):
+    model = _model()
+    quantize_model(model, QuantConfig(norm=placement, norm_gain_init=0.125))
+    gains = {n: m.input_norm.weight for n, m in bitlinear_modules(model).items() if m.input_norm is not None}
+    assert gains and all(torch.equal(g, torch.full_like(g, 0.125)) for g in gains.values())
+    assert len(gains) == (4 if placement == "subln" else 14)
+    # the decoder's own norms keep RMSNorm's 1
+    assert all(torch.equal(p, torch.ones_like(p)) for n, p in model.named_parameters()
+               if "layernorm" in n or n == "model.norm.weight")
+    with pytest.raises(ConfigError, match="norm_gain_init"):
+        QuantConfig(norm_gain_init=0.0)
