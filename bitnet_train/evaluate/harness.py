@@ -26,7 +26,7 @@ def summarize(results: dict[str, Any]) -> dict[str, dict[str, float]]:
     out = {}
     for task, metrics in results.get("results", {}).items():
         out[task] = {k.split(",")[0]: float(v) for k, v in metrics.items()
-                     if isinstance(v, (int, float)) and "stderr" not in k and k != "alias"}
+                     if isinstance(v, (int, float)) and "stderr" not in k and k not in ("alias", "sample_len")}
     return out
 
 

@@ -6,8 +6,10 @@
 - a native export (`.safetensors` whose header says `bitnet_train.ternary`): the packed runtime of
   bitnet_train.infer (its activation schemes, Hadamard rotations and KV bits from the file);
 - a run's checkpoint, a consolidated checkpoint or any plain state dict (`.ckpt/.pt/.pth/.bin/.safetensors`):
-  the training decoder with its quantizers (export/source.py reads the file, its settings and tokenizer);
-  a full-precision run (quant.enabled=false) is evaluated in full precision;
+  the training decoder with its quantizers (export/source.py reads the file, its settings and tokenizer),
+  at the checkpoint's step of its run's schedule: the lambdas of quant.weight_lambda / activation_lambda
+  or of a phase-in schedule, the norms it had switched on, the activation stage (`_as_trained`); a
+  full-precision run (quant.enabled=false) is evaluated in full precision;
 - a folder: a distillation stage (`stage1_refine/student.ckpt`, `stage*/checkpoints/last.ckpt`), a run
   folder (`checkpoints/last.ckpt`) or a distillation run folder (its latest stage), resolved to that file.
 The run configuration is looked for up to three folders above the checkpoint, as the exporter does (stage
@@ -102,6 +104,31 @@ def source_kind(path: Path) -> tuple[str, Path]:
                       "a native .safetensors export or a folder")
 
 
+def _as_trained(model: torch.nn.Module, obj: Any, run_cfg: Any, quant_cfg: Any) -> None:
+    """Set `model`'s lambdas, norm switches and activation stage to what its run had at the checkpoint's step."""
+    from bitnet_train.config import ScheduleConfig, from_mapping
+    from bitnet_train.lit.callbacks.step_plan import activation_stage_plan, phase_in_plan
+    from bitnet_train.quant.convert import set_lambda
+
+    set_lambda(model, quant_cfg.weight_lambda, quant_cfg.activation_lambda)
+    run_cfg = run_cfg or {}
+    schedule = from_mapping(ScheduleConfig, "schedule", run_cfg["schedule"]) if run_cfg.get("schedule") else None
+    step = obj.get("global_step") if isinstance(obj, dict) else None
+    total = (run_cfg.get("trainer") or {}).get("max_steps")
+    staged = (schedule is not None and schedule.active) or quant_cfg.activation_schemes_at != 0
+    if not staged:
+        return
+    if step is None or not total:
+        warnings.warn("the checkpoint's run has a quantization schedule but its step or trainer.max_steps is "
+                      "unknown; it is evaluated fully quantized", stacklevel=3)
+        set_lambda(model, 1.0, 1.0)
+        return
+    for plan in (phase_in_plan(schedule, model, int(total)) if schedule is not None else None,
+                 activation_stage_plan(quant_cfg, model, int(total))):
+        if plan is not None:
+            plan.apply(model, int(step))
+
+
 def _load_checkpoint(path: Path, config: str | Path | None, tokenizer: str | Path | None):
     from bitnet_train.export import source as src
     from bitnet_train.data.tokenizer import load_tokenizer
@@ -116,6 +143,7 @@ def _load_checkpoint(path: Path, config: str | Path | None, tokenizer: str | Pat
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             loaded = src.load_source(path, config, tokenizer)
+        _as_trained(loaded.model, obj, run_cfg, quant_cfg)
         return loaded.model, loaded.tokenizer, model_cfg
     state = src._state_dict(obj, path)
     tok = load_tokenizer(src._tokenizer_path(tokenizer, run_cfg, cfg_path, path))

@@ -102,3 +102,29 @@ def test_harness_command_is_lm_eval_with_our_model(sources, tmp_path):
     mine = json.loads(next((tmp_path / "ours").rglob("results_*.json")).read_text())["results"]["austen_cloze"]
     assert theirs["acc,none"] == mine["acc,none"]
     assert math.isclose(theirs["perplexity,none"], mine["perplexity,none"], rel_tol=1e-6)
+
+
+def test_checkpoint_is_evaluated_at_its_lambdas_and_schedule_step(tmp_path):
+    """Quantization strength 0 (a 16-bit phase of a continual run) is evaluated as the run computed it:
+    in full precision, equal to the same weights with quantization off; past the transition, ternary."""
+    fp = tmp_path / "fp.ckpt"
+    save_checkpoint(fp, {}, {"enabled": False}, seed=3)
+    reference = perplexity(load_evaluable(fp, tokenizer=TOKENIZER), DOCS)["loss"]
+    zero = tmp_path / "zero" / "checkpoints" / "last.ckpt"
+    save_checkpoint(zero, {}, {"weight_lambda": 0.0, "activation_lambda": 0.0, "norm": "none"}, seed=3)
+    (tmp_path / "zero" / "config_resolved.yaml").write_text(f"data:\n  tokenizer: {TOKENIZER}\n")
+    assert perplexity(load_evaluable(tmp_path / "zero"), DOCS)["loss"] == pytest.approx(reference, abs=1e-5)
+
+    run = tmp_path / "continual"
+    ckpt = run / "checkpoints" / "last.ckpt"
+    save_checkpoint(ckpt, {}, {"norm": "none"}, seed=3)
+    (run / "config_resolved.yaml").write_text(f"data:\n  tokenizer: {TOKENIZER}\ntrainer:\n  max_steps: 10\n"
+                                              "schedule:\n  at: 0.5\n")
+    obj = torch.load(ckpt, weights_only=False)
+    losses = {}
+    for step in (3, 5):
+        obj["global_step"] = step
+        torch.save(obj, ckpt)
+        losses[step] = perplexity(load_evaluable(run), DOCS)["loss"]
+    assert losses[3] == pytest.approx(reference, abs=1e-5)  # before the switch at step 5: 16-bit
+    assert abs(losses[5] - reference) > 1e-3  # from it on: ternary
