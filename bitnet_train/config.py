@@ -102,9 +102,10 @@ class QuantConfig:
     norm: str = "subln"
     """Extra RMSNorm placement: subln (before o_proj, down_proj), all_linear (before every quantized linear), none."""
     norm_eps: float = 1e-5
-    norm_gain_init: float = 1.0
-    """Initial gain of those extra norms (RMSNorm's usual 1; a smaller gain starts the normed branches'
-    outputs at the scale of the network without them, docs/METHODS.md#norm-placement)."""
+    norm_gain_init: float = 0.05
+    """Initial gain of those extra norms. 0.05 (measured best for the tiny model, docs/RESULTS.md) starts the
+    normed branches near the scale they have without the norms; RMSNorm's usual 1 (BitNet b1.58 2B4T,
+    quant=b158_2b4t) starts them 10-45x larger (docs/METHODS.md#norm-placement)."""
     include: list[str] = field(default_factory=lambda: ["*"])
     """fnmatch patterns of nn.Linear module names to quantize."""
     exclude: list[str] = field(default_factory=lambda: ["lm_head", "*embed_tokens*"])
@@ -194,7 +195,9 @@ class QuantConfig:
 class OptimConfig:
     """AdamW and the learning-rate / weight-decay schedule (the BitNet b1.58 2B4T two-phase schedule included)."""
 
-    lr: float = 1.5e-3
+    lr: float = 3e-3
+    """Peak learning rate: 3e-3 trains the tiny ternary default best (docs/RESULTS.md, norm study);
+    optim=two_phase keeps 2B4T's 1.5e-3."""
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
     weight_decay: float = 0.1

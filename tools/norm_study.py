@@ -1,4 +1,4 @@
-"""Why the sub-norm (SubLN) network trains worse at small scale: controlled runs of the default tiny model.
+"""Why the sub-norm (SubLN) network trained worse at small scale: controlled runs of the default tiny model.
 
     python tools/norm_study.py                         # every run below, one after another, then the table
     python tools/norm_study.py --runs b158_subln b158_none --steps 1200 --out outputs/norm_study_1200
@@ -23,32 +23,38 @@ from pathlib import Path
 from _study_runs import run_training
 
 FP_SAME_NET = ["quant.weight_lambda=0", "quant.activation_lambda=0"]
+UNIT = ["quant.norm_gain_init=1.0"]  # the sub-norms' gains as RMSNorm starts them (the default before this study)
 RUNS: dict[str, list[str]] = {
-    # the issue's table
+    # the issue's table (sub-norm networks with unit gains)
     "fp_none": ["quant=fp"],
-    "fp_subln": [*FP_SAME_NET],
+    "fp_subln": [*FP_SAME_NET, *UNIT],
     "b158_none": ["quant.norm=none"],
-    "b158_subln": [],
+    "b158_subln": [*UNIT],
     # learning rate (1.5e-3 is the default)
-    "b158_subln_lr7.5e-4": ["optim.lr=7.5e-4"],
-    "b158_subln_lr3e-3": ["optim.lr=3e-3"],
-    "b158_subln_lr6e-3": ["optim.lr=6e-3"],
+    "b158_subln_lr7.5e-4": [*UNIT, "optim.lr=7.5e-4"],
+    "b158_subln_lr3e-3": [*UNIT, "optim.lr=3e-3"],
+    "b158_subln_lr6e-3": [*UNIT, "optim.lr=6e-3"],
     "b158_none_lr3e-3": ["quant.norm=none", "optim.lr=3e-3"],
     "b158_none_lr6e-3": ["quant.norm=none", "optim.lr=6e-3"],
     "fp_none_lr7.5e-4": ["quant=fp", "optim.lr=7.5e-4"],
     "fp_none_lr3e-3": ["quant=fp", "optim.lr=3e-3"],
-    "fp_subln_lr7.5e-4": [*FP_SAME_NET, "optim.lr=7.5e-4"],
-    # initialization of the blocks' output projections and of the new norms' gains
-    "b158_subln_depthinit": ["model.depth_scaled_init=true"],
-    "fp_subln_depthinit": [*FP_SAME_NET, "model.depth_scaled_init=true"],
+    "fp_subln_lr7.5e-4": [*FP_SAME_NET, *UNIT, "optim.lr=7.5e-4"],
+    # initialization of the blocks' output projections
+    "b158_subln_depthinit": [*UNIT, "model.depth_scaled_init=true"],
+    "fp_subln_depthinit": [*FP_SAME_NET, *UNIT, "model.depth_scaled_init=true"],
     "b158_none_depthinit": ["quant.norm=none", "model.depth_scaled_init=true"],
-    # the sub-norms' initial gain: 1 makes the normed branches start far larger than without the norms
+    # the sub-norms' initial gain: 1 makes the normed branches start far larger than without the norms;
+    # 0.05 is the default since this study (b158_subln_gain0.05 is the default run)
     "b158_subln_gain0.2": ["quant.norm_gain_init=0.2"],
     "b158_subln_gain0.05": ["quant.norm_gain_init=0.05"],
+    "b158_subln_gain0.02": ["quant.norm_gain_init=0.02"],
     "fp_subln_gain0.05": [*FP_SAME_NET, "quant.norm_gain_init=0.05"],
     "b158_subln_gain0.05_lr3e-3": ["quant.norm_gain_init=0.05", "optim.lr=3e-3"],
+    "b158_subln_gain0.05_lr7.5e-4": ["quant.norm_gain_init=0.05", "optim.lr=7.5e-4"],
+    "b158_subln_gain0.05_lr6e-3": ["quant.norm_gain_init=0.05", "optim.lr=6e-3"],
+    "fp_subln_gain0.05_lr3e-3": [*FP_SAME_NET, "quant.norm_gain_init=0.05", "optim.lr=3e-3"],
     # the FFN activation: the earlier default relu^2 (688 wide, the same parameter count) against SiLU 768
-    "b158_subln_relu2": ["model.hidden_act=relu2", "model.intermediate_size=688"],
+    "b158_subln_relu2": [*UNIT, "model.hidden_act=relu2", "model.intermediate_size=688"],
     "b158_none_relu2": ["quant.norm=none", "model.hidden_act=relu2", "model.intermediate_size=688"],
 }
 
@@ -87,6 +93,39 @@ def analyze(names: list[str], args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def init_scales() -> str:
+    """RMS of o_proj / down_proj inputs (before their norm) and outputs at initialization, random tokens."""
+    import torch
+
+    from bitnet_train.config import ModelConfig, QuantConfig
+    from bitnet_train.models.decoder import CausalLM
+    from bitnet_train.quant.convert import bitlinear_modules, quantize_model
+
+    lines = ["| network | o_proj input | o_proj output | down_proj input | down_proj output |", "|---|---|---|---|---|"]
+    for norm, gain in (("none", 1.0), ("subln", 1.0), ("subln", 0.05)):
+        torch.manual_seed(0)
+        model = CausalLM(ModelConfig(vocab_size=4096))
+        quantize_model(model, QuantConfig(norm=norm, norm_gain_init=gain))
+        rms: dict[str, list[float]] = {}
+
+        def record(leaf):
+            def hook(module, inputs, output):
+                rms.setdefault(f"{leaf} in", []).append(float(inputs[0].pow(2).mean().sqrt()))
+                rms.setdefault(f"{leaf} out", []).append(float(output.pow(2).mean().sqrt()))
+            return hook
+
+        for name, module in bitlinear_modules(model).items():
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf in ("o_proj", "down_proj"):
+                module.register_forward_hook(record(leaf))
+        with torch.no_grad():
+            model(torch.randint(3, 4096, (4, 256), generator=torch.Generator().manual_seed(0)))
+        mean = {k: sum(v) / len(v) for k, v in rms.items()}
+        lines.append(f"| {norm}, gains {gain:g} | " + " | ".join(
+            f"{mean[k]:.4f}" for k in ("o_proj in", "o_proj out", "down_proj in", "down_proj out")) + " |")
+    return "\n".join(lines)
+
+
 def markdown(rows: list[dict]) -> str:
     lines = ["| run | overrides | val ppl | train loss, first 50 | train loss, last 50 | train s |",
              "|---|---|---|---|---|---|"]
@@ -106,7 +145,11 @@ def main() -> None:
     p.add_argument("--extra", nargs="*", default=[], help="overrides added to every run")
     p.add_argument("--force", action="store_true")
     p.add_argument("--analyze-only", action="store_true")
+    p.add_argument("--init-scales", action="store_true", help="print the branches' scales at initialization and stop")
     args = p.parse_args()
+    if args.init_scales:
+        print(init_scales())
+        return
     if not args.analyze_only:
         for name in args.runs:
             run(name, args)

@@ -49,7 +49,7 @@ def test_hf_folder_continues_exactly_until_the_transition(tmp_path, family):
     source = read_init_source(str(tmp_path))
     assert source.kind == "hf" and source.tokenizer_dir is None and not source.quantized
     assert source.model.hidden_size == 32 and source.model.qk_norm == (family == "qwen3")
-    module = _module(source, norm="all_linear", norm_eps=1e-6)
+    module = _module(source, norm="all_linear", norm_eps=1e-6, norm_gain_init=1.0)  # as quant=b158_allnorm
     layers = bitlinear_modules(module.model)
     assert len(layers) == 14 and len(module.new_norms) == 14
     assert all(torch.equal(m.input_norm.weight, torch.ones_like(m.input_norm.weight)) for m in layers.values())

@@ -99,7 +99,7 @@ def test_subln_norms_exactly_on_o_proj_and_down_proj():
     d = model.model.layers[0].mlp.down_proj
     assert o.input_norm.weight.shape == (o.in_features,) and d.input_norm.weight.shape == (48,)
     assert o.input_norm.eps == 1e-8
-    assert torch.equal(o.input_norm.weight, torch.ones(o.in_features))
+    assert torch.equal(o.input_norm.weight, torch.full((o.in_features,), QuantConfig().norm_gain_init))
 
 
 def test_all_linear_norm_on_every_converted_linear():
