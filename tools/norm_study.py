@@ -59,9 +59,18 @@ RUNS: dict[str, list[str]] = {
 }
 
 
+OLD_LR = "optim.lr=1.5e-3"
+"""The peak rate before this study (the default is now 3e-3): every run that names no rate uses it."""
+
+
+def overrides(name: str) -> list[str]:
+    runs = RUNS[name]
+    return runs if any(o.startswith("optim.lr=") for o in runs) else [*runs, OLD_LR]
+
+
 def run(name: str, args: argparse.Namespace) -> None:
     steps = args.steps
-    run_training(Path(args.out) / name, [*RUNS[name], *args.extra, f"trainer.max_steps={steps}",
+    run_training(Path(args.out) / name, [*overrides(name), *args.extra, f"trainer.max_steps={steps}",
                                          f"trainer.val_check_interval={steps}",
                                          f"callbacks.checkpoint.every_n_train_steps={steps}",
                                          "trainer.log_every_n_steps=1", f"seed={args.seed}"],
@@ -86,7 +95,7 @@ def analyze(names: list[str], args: argparse.Namespace) -> list[dict]:
         metrics = json.loads((out / "metrics.json").read_text())
         losses = _train_losses(out)
         window = max(1, min(50, len(losses) // 6))
-        rows.append({"run": name, "overrides": RUNS[name], "val_ppl": metrics["val_perplexity"],
+        rows.append({"run": name, "overrides": overrides(name), "val_ppl": metrics["val_perplexity"],
                      "val_loss": metrics["val_loss"], "train_first": sum(losses[:window]) / window,
                      "train_last": sum(losses[-window:]) / window, "seconds": metrics["train_seconds"],
                      "steps": metrics["steps"]})
