@@ -34,16 +34,16 @@ def main() -> None:
     theirs = HFLM(pretrained=args.export, backend="causal", batch_size=args.batch_size, device=args.device,
                   max_length=ours.max_length, prefix_token_id=ours.eot_token_id)
     rows: dict[str, dict] = {}
-    tokens = 0
     for _ in range(args.rounds):
         for name, lm in (("bitnet_train", ours), ("hf", theirs)):
-            ours.tokens_scored = 0
+            ours.tokens_scored = 0  # our class counts the scored tokens of one round (hf's are the same)
             start = time.perf_counter()
             scores = summarize(run_tasks(lm, tasks, limit=args.limit, verbosity="ERROR", bootstrap_iters=0))
             seconds = time.perf_counter() - start
             best = rows.setdefault(name, {"seconds": float("inf")})
             best["seconds"], best["scores"] = min(best["seconds"], seconds), scores
-            tokens = ours.tokens_scored if lm is ours else tokens
+            if lm is ours:
+                tokens = ours.tokens_scored
     for row in rows.values():
         row["tokens"], row["tokens_per_s"] = tokens, tokens / row["seconds"]
     rows["ratio_ours_over_hf_tokens_per_s"] = rows["bitnet_train"]["tokens_per_s"] / rows["hf"]["tokens_per_s"]

@@ -44,7 +44,7 @@ RUNS: dict[str, list[str]] = {
     "fp_subln_depthinit": [*FP_SAME_NET, *UNIT, "model.depth_scaled_init=true"],
     "b158_none_depthinit": ["quant.norm=none", "model.depth_scaled_init=true"],
     # the sub-norms' initial gain: 1 makes the normed branches start far larger than without the norms;
-    # 0.05 is the default since this study (b158_subln_gain0.05 is the default run)
+    # 0.05 is the default since this study (with lr 3e-3: b158_subln_gain0.05_lr3e-3 is the default run)
     "b158_subln_gain0.2": ["quant.norm_gain_init=0.2"],
     "b158_subln_gain0.05": ["quant.norm_gain_init=0.05"],
     "b158_subln_gain0.02": ["quant.norm_gain_init=0.02"],

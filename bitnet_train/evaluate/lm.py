@@ -10,7 +10,8 @@ option (num_fewshot, limit, output_path, log_samples, ...) works unchanged:
   transformers export), requests of equal prompt length batched together, cut at the first stop string.
 Model arguments: path (the source), config, tokenizer (overrides for a checkpoint), device, max_length,
 batch_size. As lm-eval's `hf` backend does, a CUDA device on a machine without one (the `lm_eval` command
-asks for cuda:0 unless told otherwise) falls back to the CPU, with a log line. Tokens are encoded without special tokens, documents preceded by EOS, as training packs them.
+asks for cuda:0 unless told otherwise) falls back to the CPU, with a log line. Tokens are encoded without
+special tokens, documents preceded by EOS, as training packs them.
 """
 
 from __future__ import annotations

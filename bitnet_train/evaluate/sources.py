@@ -135,7 +135,7 @@ def _load_checkpoint(path: Path, config: str | Path | None, tokenizer: str | Pat
     from bitnet_train.models.decoder import CausalLM
     from bitnet_train.quant.convert import quantize_model
 
-    config = Path(config) if config is not None else None
+    config = Path(config) if config is not None else None  # _find_run_config takes a Path
     obj = src._read_file(path)
     run_cfg, cfg_path = src._find_run_config(path, config)
     model_cfg, quant_cfg = src._settings(obj, run_cfg, cfg_path, path)

@@ -98,7 +98,7 @@ def quantize_model(model: nn.Module, cfg: QuantConfig) -> list[str]:
             int_matmul=cfg.int_matmul,
             **settings[name],
         )
-        if layer.input_norm is not None and cfg.norm_gain_init != 1.0:
+        if layer.input_norm is not None:
             with torch.no_grad():
                 layer.input_norm.weight.fill_(cfg.norm_gain_init)
         setattr(parent, leaf, layer)
