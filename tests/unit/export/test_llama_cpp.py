@@ -6,8 +6,12 @@ llama.cpp quantizes activations its own way (8-bit blocks of 256 for TQ2_0/TQ1_0
 none for F16, where ours takes one absmax scale per token) and keeps its KV cache in fp16, so logits
 agree closely but not bit for bit, and a rounding flip can change a near-tie: on the logit scale
 (the std of our logits) max |diff| <= 0.3, mean |diff| <= 0.05, next-token argmax equal at >= 90% of
-the 200 positions, the first 4 greedy tokens equal. The models have the model's own initialization
-(N(0, 0.02)). A negative control (a relu^2 model written as SiLU, what the exporter refuses) must
+the 200 positions. Greedy decoding runs through llama.cpp's KV cache one token at a time: along its
+own 24 greedy tokens, its logits at every step meet the same tolerances against ours (teacher-forced on
+that sequence) and each token it picks is our argmax up to twice the max tolerance. Equal greedy strings
+are not required past the first 4 tokens: the models have the model's own initialization (N(0, 0.02)),
+whose next-token distributions are nearly flat, so greedy strings part at the first near-tie. On a
+trained model (`make train`'s) all greedy tokens agree: tools/llama_cpp_check.py, docs/RUNTIMES.md. A negative control (a relu^2 model written as SiLU, what the exporter refuses) must
 fall outside these tolerances."""
 
 from __future__ import annotations
@@ -60,20 +64,21 @@ def _checkpoint(path: Path, model: dict, quant: dict) -> Path:
     return path
 
 
-def _llama_scores(path: Path, tokens: list[int]) -> np.ndarray:
+def _llama_scores(path: Path, tokens: list[int]) -> tuple[np.ndarray, list[int], np.ndarray]:
     llm = llama_cpp.Llama(model_path=str(path), logits_all=True, n_ctx=256, n_threads=2, verbose=False)
     llm.eval(tokens)
     scores = np.array(llm.scores[: len(tokens)], dtype=np.float32)
     llm.reset()
     prompt = tokens[:8]
     llm.eval(prompt)
-    greedy = []
+    greedy, steps = [], []
     for _ in range(N_GREEDY):
-        nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        greedy.append(nxt)
-        llm.eval([nxt])
+        step = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+        steps.append(step)
+        greedy.append(int(np.argmax(step)))
+        llm.eval([greedy[-1]])
     llm.close()
-    return scores, greedy
+    return scores, greedy, np.stack(steps)
 
 
 @pytest.mark.parametrize("shape,arch,qtype", CASES, ids=["-".join(c) for c in CASES])
@@ -89,15 +94,25 @@ def test_llama_cpp_matches_our_runtime(checkpoint, tmp_path, shape, arch, qtype)
     with torch.no_grad():
         ours = runtime(x)[0].float().numpy()
         ours_greedy = generate(runtime, x[:, :8], N_GREEDY)[0, 8:].tolist()
-    theirs, their_greedy = _llama_scores(gguf_path, x[0].tolist())
+    theirs, their_greedy, their_steps = _llama_scores(gguf_path, x[0].tolist())
     assert theirs.shape == ours.shape
-    diff = np.abs(theirs - ours)
     scale = ours.std()
-    assert diff.max() <= MAX_REL * scale, f"max |diff| {diff.max():.4f}, logit std {scale:.3f}"
-    assert diff.mean() <= MEAN_REL * scale, f"mean |diff| {diff.mean():.5f}, logit std {scale:.3f}"
+    _assert_close_logits(theirs, ours, scale, "all positions")
     agree = (theirs.argmax(-1) == ours.argmax(-1)).mean()
     assert agree >= ARGMAX_AGREE, f"next-token argmax equal at {agree:.1%} of positions"
     assert their_greedy[:4] == ours_greedy[:4]
+    # llama.cpp's incremental decoding (its KV cache), step by step, against ours on the same tokens
+    with torch.no_grad():
+        forced = runtime(torch.cat([x[:, :8], torch.tensor([their_greedy[:-1]])], 1))[0, 7:].float().numpy()
+    _assert_close_logits(their_steps, forced, scale, "greedy steps")
+    picked = forced[np.arange(N_GREEDY), their_greedy]
+    assert np.all(picked >= forced.max(-1) - 2 * MAX_REL * scale), "llama.cpp picked a token far below our argmax"
+
+
+def _assert_close_logits(theirs: np.ndarray, ours: np.ndarray, scale: float, what: str) -> None:
+    diff = np.abs(theirs - ours)
+    assert diff.max() <= MAX_REL * scale, f"{what}: max |diff| {diff.max():.4f}, logit std {scale:.3f}"
+    assert diff.mean() <= MEAN_REL * scale, f"{what}: mean |diff| {diff.mean():.5f}, logit std {scale:.3f}"
 
 
 def test_tolerance_rejects_a_wrong_graph(tmp_path):
@@ -110,6 +125,22 @@ def test_tolerance_rejects_a_wrong_graph(tmp_path):
     x = ids(seed=5, shape=(1, N_POS))
     with torch.no_grad():
         ours = runtime(x)[0].float().numpy()
-    theirs, _ = _llama_scores(gguf_path, x[0].tolist())
+    theirs, _, _ = _llama_scores(gguf_path, x[0].tolist())
     diff = np.abs(theirs - ours)
     assert diff.max() > MAX_REL * ours.std() or diff.mean() > MEAN_REL * ours.std()
+
+
+def test_check_tool_runs_on_a_checkpoint(tmp_path):
+    """tools/llama_cpp_check.py (the trained-model check of docs/RUNTIMES.md): a table row per prompt, and
+    exit 0 where the greedy strings part only at near-ties of our logits."""
+    import subprocess
+    import sys
+
+    ckpt = _checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", TINY, {})
+    tool = Path(__file__).resolve().parents[3] / "tools" / "llama_cpp_check.py"
+    proc = subprocess.run([sys.executable, str(tool), str(ckpt), "--qtypes", "tq2_0", "--new-tokens", "12",
+                           "--prompt-lengths", "8", "--threads", "1", "--tokenizer", str(TOKENIZER)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| tq2_0 |")]
+    assert len(rows) == 6  # one prompt per novel of the shipped corpus
+    assert all(row.split("|")[3].strip().endswith("/12") for row in rows)
