@@ -53,7 +53,7 @@ def export(args: argparse.Namespace) -> str:
         return items if args.no_progress else track(items, description=f"packing ({args.format})", transient=True)
 
     check_out(args.format, args.out)
-    source = load_source(args.checkpoint, args.config, args.tokenizer)
+    source = load_source(args.checkpoint, args.config, args.tokenizer, full_precision_ok=args.format == "hf")
     if args.format == "native":
         from bitnet_train.export.native import write_native
 

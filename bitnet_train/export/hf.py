@@ -11,7 +11,8 @@ quantization_config = {"quant_method": "bitnet", "linear_class": "bitlinear", "q
 "offline"}. Each projection's `weight` is uint8 [out/4, in] (kernels/packing.py `pack_hf`) and its
 `weight_scale` [1] is 1/gamma, as the quantizer computed it: transformers' `bitlinear` divides the
 integer product by it (and by the activation scale). Linears left in full precision are listed in
-`modules_to_not_convert`. Tokenizer files, generation_config.json and a Hub model card (README.md) are written beside the
+`modules_to_not_convert`. A full-precision checkpoint (quant.enabled=false) is written as the plain
+model of its family (no quantization_config), e.g. a teacher for BitDistill. Tokenizer files, generation_config.json and a Hub model card (README.md) are written beside the
 model (export/tokenizer_files.py, export/model_card.py).
 """
 
@@ -38,7 +39,7 @@ QUANT_BASE = {"quant_method": "bitnet", "linear_class": "bitlinear", "quantizati
 def choose_family(source: Source) -> str:
     """'bitnet', 'llama', 'qwen2' or 'qwen3' for the model, or ConfigError naming what does not fit."""
     m, q = source.model_cfg, source.quant_cfg
-    if q.norm == "subln":
+    if q.enabled and q.norm == "subln":
         problems = []
         if m.qk_norm:
             problems.append("q/k norms (model.qk_norm=true)")
@@ -75,6 +76,8 @@ def _hf_config(source: Source, family: str, not_converted: list[str], dtype: str
     quant = dict(QUANT_BASE, modules_to_not_convert=not_converted)
     if q.norm == "all_linear":
         quant.update(use_rms_norm=True, rms_norm_eps=q.norm_eps)
+    if not q.enabled:
+        quant = None  # a full-precision model: plain transformers linears
     common = dict(
         vocab_size=m.vocab_size, hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
         num_hidden_layers=m.num_hidden_layers, num_attention_heads=m.num_attention_heads,
@@ -82,7 +85,7 @@ def _hf_config(source: Source, family: str, not_converted: list[str], dtype: str
         max_position_embeddings=m.max_position_embeddings, tie_word_embeddings=m.tie_word_embeddings,
         rope_parameters={"rope_type": "default", "rope_theta": m.rope_theta}, initializer_range=m.initializer_range,
         bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id,
-        attention_bias=m.attention_bias, quantization_config=quant)
+        attention_bias=m.attention_bias, **({"quantization_config": quant} if quant is not None else {}))
     if family == "bitnet":
         config = BitNetConfig(**common)
     elif family == "llama":
@@ -127,6 +130,8 @@ def write_hf(source: Source, out: str | Path, dtype: str = "float32",
     if dtype not in DTYPES:
         raise ConfigError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     family = choose_family(source)
+    if not source.quant_cfg.enabled:
+        return _write_full_precision(source, family, out, dtype)
     if source.quant_cfg.kv_bits is not None:
         warnings.warn(f"quant.kv_bits={source.quant_cfg.kv_bits}: transformers keeps keys and values in full precision "
                       "(the native export keeps the low-bit KV cache)", stacklevel=2)
@@ -142,6 +147,23 @@ def write_hf(source: Source, out: str | Path, dtype: str = "float32",
     _hf_config(source, family, not_converted, dtype).save_pretrained(str(out))
     save_file(hf_state_dict(source, family, DTYPES[dtype], progress), str(out / "model.safetensors"),
               metadata={"format": "pt"})
+    save_transformers_tokenizer(source.tokenizer, source.tokenizer_path, out)
+    write_generation_config(source, out)
+    write_model_card(source, out, _hf_config_class(family))
+    return out
+
+
+def _write_full_precision(source: Source, family: str, out: str | Path, dtype: str) -> Path:
+    """A full-precision checkpoint (quant.enabled=false) as the plain transformers model of its family, e.g.
+    a teacher trained here for BitDistill (distill.teacher=FOLDER)."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _hf_config(source, family, [], dtype).save_pretrained(str(out))
+    state = {k: v.detach().to(DTYPES[dtype]).contiguous() for k, v in source.model.state_dict().items()
+             if not (k == "lm_head.weight" and source.model_cfg.tie_word_embeddings)}
+    save_file(to_hf_state_dict(state, sub_norm_names=False), str(out / "model.safetensors"), metadata={"format": "pt"})
     save_transformers_tokenizer(source.tokenizer, source.tokenizer_path, out)
     write_generation_config(source, out)
     write_model_card(source, out, _hf_config_class(family))

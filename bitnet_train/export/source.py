@@ -38,7 +38,8 @@ _TORCH_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 @dataclass
 class Source:
-    """A checkpoint ready to export: the quantized model (eval, lambda 1) and what describes it."""
+    """A checkpoint ready to export: the quantized model (eval, lambda 1), or the full-precision one
+    (quant_cfg.enabled false, see load_source), and what describes it."""
 
     model: CausalLM
     model_cfg: ModelConfig
@@ -148,23 +149,28 @@ def _tokenizer_path(explicit: str | Path | None, run_cfg: Mapping[str, Any] | No
 
 
 def load_source(checkpoint: str | Path, config: str | Path | None = None,
-                tokenizer: str | Path | None = None) -> Source:
-    """The checkpoint's quantized model, settings and tokenizer (see module docstring), or ConfigError."""
+                tokenizer: str | Path | None = None, full_precision_ok: bool = False) -> Source:
+    """The checkpoint's quantized model, settings and tokenizer (see module docstring), or ConfigError.
+
+    A full-precision checkpoint (quant.enabled=false) is refused unless `full_precision_ok` (the
+    transformers export writes it as a plain transformers model); its Source holds the unquantized model.
+    """
     path = Path(checkpoint).expanduser()
     obj = _read_file(path)
     state = _state_dict(obj, path)
     run_cfg, cfg_path = _find_run_config(path, Path(config).expanduser() if config is not None else None)
     model_cfg, quant_cfg = _settings(obj, run_cfg, cfg_path, path)
-    if not quant_cfg.enabled:
+    if not quant_cfg.enabled and not full_precision_ok:
         raise ConfigError(f"checkpoint {path} was trained in full precision (quant.enabled=false): there are no "
-                          "ternary weights to pack")
+                          "ternary weights to pack; --format hf writes it as a full-precision transformers model")
     tok_path = _tokenizer_path(tokenizer, run_cfg, cfg_path, path)
     tok = load_tokenizer(tok_path)
     if tok.vocab_size > model_cfg.vocab_size:
         raise ConfigError(f"tokenizer {tok.name} has {tok.vocab_size} tokens, the model only {model_cfg.vocab_size}; "
                           "pass the tokenizer the model was trained with (--tokenizer)")
     model = CausalLM(model_cfg)
-    quantize_model(model, quant_cfg)
+    if quant_cfg.enabled:
+        quantize_model(model, quant_cfg)
     ours = model.state_dict()
     missing = sorted(k for k in ours if k not in state and not (k == "lm_head.weight" and model_cfg.tie_word_embeddings))
     unexpected = sorted(k for k in state if k not in ours)
@@ -176,6 +182,8 @@ def load_source(checkpoint: str | Path, config: str | Path | None = None,
             raise ConfigError(f"checkpoint {path}: {key} has shape {tuple(tensor.shape)}, the settings give "
                               f"{tuple(ours[key].shape)}")
     model.load_state_dict(state, strict=False)
+    if not quant_cfg.enabled:
+        return Source(model.eval(), model_cfg, quant_cfg, tok, tok_path or shipped_dir() / SHIPPED_TOKENIZER, path)
     if quant_cfg.weight_lambda < 1 or quant_cfg.activation_lambda < 1:
         warnings.warn(f"checkpoint settings have weight_lambda={quant_cfg.weight_lambda}, activation_lambda="
                       f"{quant_cfg.activation_lambda}; the export is fully quantized (lambda 1)", stacklevel=2)
