@@ -1,12 +1,12 @@
 """Ternary (BitNet b1.58) against full precision as the model grows: a scaling sweep on the shipped corpus.
 
     python tools/scaling_study.py                                  # the default sweep, then table and plot
-    python tools/scaling_study.py --sizes s m --lrs 1.5e-3 3e-3 --tokens-per-param 4
+    python tools/scaling_study.py --sizes l --lrs 3e-3 6e-3 --tokens-per-param 2
     python tools/scaling_study.py --analyze-only                   # table and plot from finished runs
 
 For every size (SIZES: hidden width, layers, heads, FFN width; the tokenizer's 4,096-piece vocabulary),
-both networks (`ternary`: the default b1.58 model; `fp`: the same decoder in full precision, quant=fp)
-train for tokens in proportion to the size's non-embedding parameters (--tokens-per-param), at each
+both networks (`ternary`: the default b1.58 model with its sub-norms; `fp`: the same network, the same
+modules and norms, at quantization strength 0) train for tokens in proportion to the size's non-embedding parameters (--tokens-per-param), at each
 learning rate of --lrs; a cell's result is its best learning rate (each network at its own tuned
 rate). Every run is `python -m bitnet_train` with the same seed and data order, in its own folder under
 --out. The table (markdown) and a plot of validation loss against non-embedding parameters (PNG) go to
@@ -24,8 +24,9 @@ from pathlib import Path
 from _study_runs import run_training
 
 # name: (hidden, layers, heads, ffn)
-SIZES = {"xs": (64, 2, 2, 192), "s": (128, 4, 4, 384), "m": (256, 4, 4, 768), "l": (384, 6, 6, 1024)}
-NETWORKS = {"ternary": [], "fp": ["quant=fp"]}
+# (head width 32 throughout except "l", the default tiny model's shape)
+SIZES = {"xs": (64, 2, 2, 192), "s": (128, 4, 4, 384), "m": (192, 4, 6, 512), "l": (256, 4, 4, 768)}
+NETWORKS = {"ternary": [], "fp": ["quant.weight_lambda=0", "quant.activation_lambda=0"]}
 SEQ_LEN, BATCH = 256, 8
 
 
@@ -55,18 +56,18 @@ def train(size: str, network: str, lr: float, args: argparse.Namespace) -> Path:
 
 
 def collect(args: argparse.Namespace) -> list[dict]:
+    """Every finished run under --out of the sizes asked for, at whatever learning rates were run."""
     rows = []
     for size in args.sizes:
         hidden, layers, _, ffn = SIZES[size]
         for network in NETWORKS:
-            for lr in args.lrs:
-                path = Path(args.out) / run_name(size, network, lr) / "metrics.json"
-                if path.is_file():
-                    m = json.loads(path.read_text())
-                    rows.append({"size": size, "network": network, "lr": lr, "val_loss": m["val_loss"],
-                                 "val_ppl": m["val_perplexity"], "tokens": m["tokens_seen"], "steps": m["steps"],
-                                 "parameters": m["parameters"], "train_seconds": m["train_seconds"],
-                                 "non_embedding_parameters": non_embedding_params(hidden, layers, ffn)})
+            for path in sorted(Path(args.out).glob(f"{size}_{network}_lr*/metrics.json")):
+                lr = float(path.parent.name.rsplit("_lr", 1)[1])
+                m = json.loads(path.read_text())
+                rows.append({"size": size, "network": network, "lr": lr, "val_loss": m["val_loss"],
+                             "val_ppl": m["val_perplexity"], "tokens": m["tokens_seen"], "steps": m["steps"],
+                             "parameters": m["parameters"], "train_seconds": m["train_seconds"],
+                             "non_embedding_parameters": non_embedding_params(hidden, layers, ffn)})
     return rows
 
 
@@ -81,13 +82,17 @@ def best(rows: list[dict]) -> dict[tuple[str, str], dict]:
 
 def markdown(rows: list[dict], args: argparse.Namespace) -> str:
     cells = best(rows)
-    lines = ["| size | non-emb. params | tokens | fp: val loss (lr) | ternary: val loss (lr) | gap (ternary - fp) |",
-             "|---|---|---|---|---|---|"]
+    tried = {}
+    for r in rows:
+        tried.setdefault(r["size"], set()).add(r["lr"])
+    lines = ["| size | non-emb. params | tokens | learning rates tried | fp: val loss (lr) | ternary: val loss (lr) "
+             "| gap (ternary - fp) |", "|---|---|---|---|---|---|---|"]
     for size in args.sizes:
         fp, tern = cells.get((size, "fp")), cells.get((size, "ternary"))
         if fp is None or tern is None:
             continue
-        lines.append(f"| {size} | {fp['non_embedding_parameters'] / 1e6:.2f}M | {fp['tokens'] / 1e6:.2f}M | "
+        lrs = ", ".join(f"{lr:g}" for lr in sorted(tried[size]))
+        lines.append(f"| {size} | {fp['non_embedding_parameters'] / 1e6:.2f}M | {fp['tokens'] / 1e6:.2f}M | {lrs} | "
                      f"{fp['val_loss']:.3f} ({fp['lr']:g}) | {tern['val_loss']:.3f} ({tern['lr']:g}) | "
                      f"{tern['val_loss'] - fp['val_loss']:+.3f} |")
     seconds = sum(r["train_seconds"] for r in rows)
@@ -120,9 +125,9 @@ def plot(rows: list[dict], path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="outputs/scaling_study")
-    p.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    p.add_argument("--sizes", nargs="+", default=["xs", "s", "m"], choices=list(SIZES))
     p.add_argument("--lrs", nargs="+", type=float, default=[1.5e-3, 3e-3, 6e-3])
-    p.add_argument("--tokens-per-param", type=float, default=2.0)
+    p.add_argument("--tokens-per-param", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--extra", nargs="*", default=[], help="overrides added to every run")

@@ -1,0 +1,192 @@
+"""BitDistill in the paper's own setting at CPU scale: a text-classification task, a full-precision teacher
+fine-tuned on it, and ternary students, laid out like the paper's main and ablation tables.
+
+    python tools/bitdistill_study.py                       # every run below, then the tables
+    python tools/bitdistill_study.py --analyze-only        # the tables from finished runs
+
+The task: which of the six Austen novels a passage comes from (the evaluator's `austen_novel`: 300
+balanced test passages from the last 20% of each novel). Everything trained here sees only the first
+80% of each novel, cut before the first held-out passage: the language-model corpus (--out/data/corpus/,
+one file per novel) and the task's training records (--out/data/task_train.jsonl, --per-novel passages
+of 40-120 words per novel, in the evaluator's prompt layout, answer " <title>"). Held-out perplexity is
+taken on the first 150 paragraphs of each novel's last 20% (--out/data/heldout.txt).
+
+Runs, each `python -m bitnet_train ...` in its own folder under --out:
+  teacher_pretrain  the default tiny decoder in full precision (quant=fp: a plain Llama), --teacher-steps
+                    on the corpus;
+  teacher           it fine-tuned on the task (prompt/answer layout, loss on the answer), --task-steps;
+                    exported to transformers (--out/teacher_hf) for the students' distillation;
+  bitnet_sft        the paper's BitNet-SFT baseline: the teacher's weights quantized to b1.58 (same
+                    network, no extra norms) and fine-tuned on the task the same way;
+  bitdistill        +experiment=distill_tiny from teacher_hf: stage 1 SubLN (gains calibrated), stage 2
+                    continual pre-training on the corpus (--stage2-steps), stage 3 logit + attention-
+                    relation distillation on the task (--task-steps; relations of the last layer);
+  no_stage2, no_relation, no_subln   the ablations: stage 2 skipped; gamma = 0; no SubLN.
+Every task stage uses the same learning rate (--task-lr) and steps. Accuracy is the evaluator's
+(`python -m bitnet_train.evaluate RUN --tasks austen_novel --text heldout.txt`), zero-shot, on all 300
+test passages. Results: docs/RESULTS.md#bitdistill-on-a-classification-task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _study_runs import run_training
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tools"))
+from make_eval_tasks import HELD_OUT, NOVELS, paragraphs  # noqa: E402
+
+PROMPT = "Passage: {passage}\nWhich Jane Austen novel is this passage from?\nAnswer:"
+SHAPE = ["data.seq_len=256", "data.batch_size=8"]
+STUDENTS = {
+    "bitdistill": [],
+    "no_stage2": ["distill.stage2.tokens=0"],
+    "no_relation": ["distill.stage3.attention_weight=0"],
+    "no_subln": ["distill.norms=none"],
+}
+LABELS = {"teacher_pretrain": "full-precision teacher, before fine-tuning", "teacher": "full-precision teacher (fine-tuned)",
+          "bitnet_sft": "BitNet-SFT (b1.58)", "bitdistill": "BitDistill (b1.58)",
+          "no_stage2": "BitDistill w/o stage 2", "no_relation": "BitDistill w/o relation loss (gamma 0)",
+          "no_subln": "BitDistill w/o SubLN"}
+
+
+def make_data(out: Path, per_novel: int) -> dict[str, Path]:
+    """Corpus (first 80% of each novel), task training records and held-out text; see the module docstring."""
+    data = out / "data"
+    corpus = data / "corpus"
+    corpus.mkdir(parents=True, exist_ok=True)
+    train, heldout = [], []
+    for label, novel in enumerate(NOVELS):
+        paras = paragraphs(novel)
+        eligible = [i for i, p in enumerate(paras) if 40 <= len(p.split()) <= 120]
+        first_held = eligible[int(len(eligible) * (1 - HELD_OUT))]  # the evaluator's test passages start here
+        (corpus / f"{novel}.txt").write_text("\n\n".join(paras[:first_held]) + "\n", encoding="utf-8")
+        heldout += paras[first_held:first_held + 150]
+        pool = [paras[i] for i in eligible if i < first_held]
+        for passage in random.Random(f"bitdistill-{novel}").sample(pool, min(per_novel, len(pool))):
+            train.append({"prompt": PROMPT.format(passage=passage), "answer": " " + list(NOVELS.values())[label]})
+    random.Random("bitdistill-shuffle").shuffle(train)
+    task = data / "task_train.jsonl"
+    task.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in train), encoding="utf-8")
+    text = data / "heldout.txt"
+    text.write_text("\n\n".join(heldout) + "\n", encoding="utf-8")
+    return {"corpus": corpus, "task": task, "heldout": text}
+
+
+def steps_overrides(steps: int) -> list[str]:
+    return [f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}",
+            f"callbacks.checkpoint.every_n_train_steps={steps}", f"optim.warmup_steps={max(1, steps // 10)}"]
+
+
+def task_data(paths: dict[str, Path]) -> list[str]:
+    return ["data.layout=prompt_answer", f"data.files={paths['task']}"]
+
+
+def export_teacher(out: Path) -> Path:
+    folder = out / "teacher_hf"
+    if not (folder / "config.json").is_file():
+        subprocess.run([sys.executable, "-m", "bitnet_train.export", str(out / "teacher" / "checkpoints" / "last.ckpt"),
+                        "--format", "hf", "--out", str(folder)], check=True)
+    return folder
+
+
+def train_all(args: argparse.Namespace, paths: dict[str, Path]) -> None:
+    out = Path(args.out)
+    run = lambda name, overrides: run_training(out / name, [*SHAPE, *overrides, f"seed={args.seed}"],  # noqa: E731
+                                               threads=args.threads, force=args.force)
+    run("teacher_pretrain", ["quant=fp", f"data.files={paths['corpus']}", f"optim.lr={args.pretrain_lr}",
+                             *steps_overrides(args.teacher_steps)])
+    task = [*task_data(paths), f"optim.lr={args.task_lr}", *steps_overrides(args.task_steps)]
+    run("teacher", ["quant=fp", f"init_from={out / 'teacher_pretrain' / 'checkpoints' / 'last.ckpt'}", *task])
+    teacher_hf = export_teacher(out)
+    run("bitnet_sft", ["quant.norm=none", f"init_from={out / 'teacher' / 'checkpoints' / 'last.ckpt'}", *task])
+    # stage optimizers: distill_tiny's (AdamW, cosine, weight decay 0.01) at --task-lr
+    distill = ["+experiment=distill_tiny", f"distill.teacher={teacher_hf}", "data.tokenizer=null",
+               f"distill.stage2.tokens={args.stage2_steps * 8 * 256}", f"distill.stage2.data.files={paths['corpus']}",
+               f"distill.stage2.optim.lr={args.task_lr}",
+               f"distill.stage3.steps={args.task_steps}", f"distill.stage3.data.files={paths['task']}",
+               "distill.stage3.data.layout=prompt_answer", f"distill.stage3.optim.lr={args.task_lr}",
+               "distill.stage3.attention.layers=[-1]", "distill.stage3.attention.padding_mask=true",
+               f"trainer.val_check_interval={args.task_steps}",
+               f"callbacks.checkpoint.every_n_train_steps={args.task_steps}"]
+    for name in args.students:
+        run(name, [*distill, *STUDENTS[name]])
+
+
+def evaluate_all(args: argparse.Namespace, paths: dict[str, Path]) -> dict[str, dict]:
+    from bitnet_train.evaluate.__main__ import evaluate, parse_args
+
+    out = Path(args.out)
+    reports = {}
+    for name in ["teacher_pretrain", "teacher", "bitnet_sft", *args.students]:
+        path = out / "eval" / f"{name}.json"
+        if not (out / name / "metrics.json").is_file():
+            continue
+        if not path.is_file() or args.force:
+            started = time.perf_counter()
+            report = evaluate(parse_args([str(out / name), "--tasks", "austen_novel", "--text", str(paths["heldout"]),
+                                          "--batch-size", "8"]))
+            report["seconds"] = time.perf_counter() - started
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(report, indent=2) + "\n")
+        reports[name] = json.loads(path.read_text())
+    return reports
+
+
+def train_seconds(run: Path) -> float:
+    """Training time of a run: its metrics.json, summed over stages for a distillation run."""
+    m = json.loads((run / "metrics.json").read_text())
+    if "train_seconds" in m:
+        return float(m["train_seconds"])
+    return sum(float(s.get("train_seconds", 0.0)) for s in m.values() if isinstance(s, dict))
+
+
+def table(args: argparse.Namespace, reports: dict[str, dict]) -> str:
+    out = Path(args.out)
+    lines = ["| model | accuracy (300 test passages) | acc_norm | held-out perplexity | training time |",
+             "|---|---|---|---|---|"]
+    for name, report in reports.items():
+        acc = report["tasks"]["austen_novel"]
+        ppl = report["perplexity"]["perplexity"]
+        lines.append(f"| {LABELS[name]} | {acc['acc']:.3f} | {acc['acc_norm']:.3f} | {ppl:.1f} | "
+                     f"{train_seconds(out / name) / 60:.1f} min |")
+    teacher, sft, bd = (reports.get(k, {}).get("tasks", {}).get("austen_novel", {}).get("acc")
+                        for k in ("teacher", "bitnet_sft", "bitdistill"))
+    if None not in (teacher, sft, bd) and teacher != sft:
+        lines += ["", f"Share of the BitNet-SFT -> teacher accuracy gap that BitDistill closes: "
+                      f"{(bd - sft) / (teacher - sft):+.0%} (goal: at least +50%)."]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="outputs/bitdistill_study")
+    p.add_argument("--per-novel", type=int, default=300, help="task training passages per novel")
+    p.add_argument("--teacher-steps", type=int, default=600, help="teacher pre-training steps (8 x 256 tokens)")
+    p.add_argument("--pretrain-lr", type=float, default=3e-3)
+    p.add_argument("--task-steps", type=int, default=400, help="steps of every task stage (batch 8)")
+    p.add_argument("--task-lr", type=float, default=1e-3)
+    p.add_argument("--stage2-steps", type=int, default=200, help="BitDistill stage 2 steps (8 x 256 tokens)")
+    p.add_argument("--students", nargs="+", default=list(STUDENTS), choices=list(STUDENTS))
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--analyze-only", action="store_true")
+    args = p.parse_args()
+    paths = make_data(Path(args.out), args.per_novel)
+    if not args.analyze_only:
+        train_all(args, paths)
+    text = table(args, evaluate_all(args, paths))
+    (Path(args.out) / "table.md").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
