@@ -58,7 +58,8 @@ class PretrainModule(L.LightningModule):
 
         strategy = self.trainer.strategy
         shard_decoder(self.model, self.device_mesh["data_parallel"],
-                      reshard_after_forward=getattr(strategy, "reshard_after_forward", True))
+                      reshard_after_forward=getattr(strategy, "reshard_after_forward", True),
+                      gather=getattr(strategy, "gather", "latent"))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.model(input_ids, attention_mask)

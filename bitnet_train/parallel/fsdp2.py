@@ -18,12 +18,19 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from bitnet_train.config import ConfigError
 
 
-def shard_decoder(model: nn.Module, mesh, reshard_after_forward: bool = True) -> nn.Module:
-    """Apply FSDP2 to a CausalLM in place: each decoder layer, then the root. Idempotent."""
+def shard_decoder(model: nn.Module, mesh, reshard_after_forward: bool = True, gather: str = "latent") -> nn.Module:
+    """Apply FSDP2 to a CausalLM in place: each decoder layer, then the root. Idempotent.
+
+    gather="codes": fully quantized BitLinear weights are all-gathered as int8 ternary codes and one
+    scale instead of fp32 (parallel/ternary_gather.py)."""
     from torch.distributed.fsdp import FSDPModule, fully_shard
 
     if isinstance(model, FSDPModule):
         return model
+    if gather == "codes":
+        from bitnet_train.parallel.ternary_gather import wrap_for_code_gather
+
+        wrap_for_code_gather(model)
     # no per-step weight-code cache under FSDP2: it would keep every layer's gathered codes resident
     for module in model.modules():
         if hasattr(module, "weight_cache_enabled"):
@@ -43,7 +50,13 @@ class FSDP2Strategy(ModelParallelStrategy):
     `python -m bitnet_train.consolidate` turns one into a single file.
     """
 
-    def __init__(self, reshard_after_forward: bool = True, **kwargs) -> None:
+    def __init__(self, reshard_after_forward: bool = True, gather: str = "latent", **kwargs) -> None:
+        from bitnet_train.parallel.ternary_gather import GATHER_MODES
+
+        if gather not in GATHER_MODES:
+            raise ConfigError(f"strategy.gather={gather!r}; choose one of {', '.join(GATHER_MODES)} (codes: all-gather "
+                              "ternary codes of fully quantized BitLinear weights instead of fp32)")
+        self.gather = gather
         if kwargs.pop("save_distributed_checkpoint", True) is not True:
             # Lightning's single-file mode writes optimizer states in another layout than DDP files, and
             # nothing tells the two apart on disk: one checkpoint kind per strategy keeps resume checkable.

@@ -78,6 +78,9 @@ class BitLinear(nn.Linear):
         self.int_matmul = int_matmul
         self.weight_cache_enabled = True
         """False under FSDP2 (parallel/fsdp2.py): gathered codes are not kept between forwards."""
+        self.weight_gathered_quantized = False
+        """True under FSDP2 with strategy.gather=codes (parallel/ternary_gather.py): inside forward the
+        all-gathered weight already is Q_w(W), so it is multiplied as it is."""
         self._weight_cache = TernaryWeightCache()
 
     @classmethod
@@ -92,6 +95,9 @@ class BitLinear(nn.Linear):
 
     def set_lambda(self, weight: float | None = None, activation: float | None = None) -> None:
         """Set the phase-in strengths (0 = full precision, 1 = fully quantized)."""
+        if weight is not None and weight != 1 and self.weight_gathered_quantized:
+            raise RuntimeError("this layer's weight is all-gathered as ternary codes (strategy.gather=codes), which "
+                               "holds only at weight lambda 1; run schedules that lower it with strategy.gather=latent")
         if weight is not None:
             self.weight_lambda = float(weight)
         if activation is not None:
@@ -150,6 +156,9 @@ class BitLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self._prepare(x)
+        if self.weight_gathered_quantized and not isinstance(self.weight, DTensor) \
+                and not getattr(self.weight, "latent_for_code_gather", False):
+            return F.linear(self._quantize_input(x), self.weight, self.bias)
         if self.weight_lambda == 0 and self.activation_lambda == 0:
             return F.linear(x, self.weight, self.bias)
         if self.uses_int_matmul() and not isinstance(self.weight, DTensor) \

@@ -38,6 +38,14 @@ BASE = [o for o in SMALL if not o.startswith("data.batch_size")] + [
     "trainer.max_steps=4", "trainer.val_check_interval=2", "callbacks.checkpoint.every_n_train_steps=2",
     "callbacks.checkpoint.save_top_k=-1", "callbacks.quant_stats.every_n_steps=2"]
 KIND = {"ddp": "file", "fsdp2": "fsdp2", "deepspeed_zero2": "deepspeed", "deepspeed_zero3": "deepspeed"}
+# each case: (strategy, its extra settings); fsdp2_codes all-gathers ternary codes (parallel/ternary_gather.py)
+CASES = {name: (name, []) for name in KIND} | {"fsdp2_codes": ("fsdp2", ["strategy.gather=codes"])}
+# final weights and logits after 4 steps. fsdp2_codes takes each scale as a sum of shard sums (another order
+# than one process's mean, up to 1 ulp apart). Losses still agree to TOL and resume is exact, but weights
+# end up to ~2e-3 apart (about one step of lr 1.5e-3; measured 1.9e-3 on the head, 4e-4 elsewhere). Likely
+# cause, not verified: an activation on an int8 rounding boundary takes the neighbouring code, and AdamW's
+# normalized steps carry the difference on.
+FINAL_TOL = {"fsdp2_codes": (dict(rtol=0, atol=5e-3), dict(rtol=0, atol=5e-2))}
 TOL = dict(rtol=2e-5, atol=2e-5)
 
 
@@ -116,13 +124,14 @@ def _assert_matches_reference(out: Path, reference) -> dict[int, float]:
 SHARD_ALL = ["strategy.param_persistence_threshold=0"]
 
 
-@pytest.mark.parametrize("strategy", list(KIND))
-def test_two_processes_match_one_resume_and_consolidate(strategy, reference, tmp_path, data_cache, dynamo_disabled):
+@pytest.mark.parametrize("case", list(CASES))
+def test_two_processes_match_one_resume_and_consolidate(case, reference, tmp_path, data_cache, dynamo_disabled):
+    strategy, extra = CASES[case]
     if strategy.startswith("deepspeed"):
         pytest.importorskip("deepspeed", reason="DeepSpeed is in the `distributed` extra")
     ref_out, _ = reference
     out = tmp_path / "run"
-    extra = SHARD_ALL if strategy == "deepspeed_zero3" else []
+    extra = [*extra, *(SHARD_ALL if strategy == "deepspeed_zero3" else [])]
     _two_processes(strategy, out, data_cache, *extra)
     losses = _assert_matches_reference(out, reference)
 
@@ -144,10 +153,11 @@ def test_two_processes_match_one_resume_and_consolidate(strategy, reference, tmp
                                                      weights_only=False)
     state, ref_state = module.state_dict(), ref_module.state_dict()
     assert set(state) == set(ref_state)
+    weight_tol, logit_tol = FINAL_TOL.get(case, (TOL, dict(rtol=1e-4, atol=1e-4)))
     for key in ref_state:
-        torch.testing.assert_close(state[key], ref_state[key], **TOL, msg=key)
+        torch.testing.assert_close(state[key], ref_state[key], **weight_tol, msg=key)
     logits, ref_logits = _logits(module), _logits(ref_module)
-    torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(logits, ref_logits, **logit_tol)
     untrained = PretrainModule(ref_module.hparams["model"], ref_module.hparams["quant"], ref_module.hparams["optim"])
     assert (_logits(untrained) - ref_logits).abs().max() > 1e-3  # not vacuous: training moved the logits
 
