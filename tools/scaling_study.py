@@ -82,19 +82,24 @@ def best(rows: list[dict]) -> dict[tuple[str, str], dict]:
 
 def markdown(rows: list[dict], args: argparse.Namespace) -> str:
     cells = best(rows)
-    tried = {}
+    tried: dict[tuple[str, str], set[float]] = {}
     for r in rows:
-        tried.setdefault(r["size"], set()).add(r["lr"])
+        tried.setdefault((r["size"], r["network"]), set()).add(r["lr"])
+
+    def cell(c: dict) -> str:
+        lrs = tried[(c["size"], c["network"])]
+        edge = " (grid edge)" if len(lrs) > 1 and c["lr"] in (min(lrs), max(lrs)) else ""
+        return f"{c['val_loss']:.3f} ({c['lr']:g}{edge})"
+
     lines = ["| size | non-emb. params | tokens | learning rates tried | fp: val loss (lr) | ternary: val loss (lr) "
              "| gap (ternary - fp) |", "|---|---|---|---|---|---|---|"]
     for size in args.sizes:
         fp, tern = cells.get((size, "fp")), cells.get((size, "ternary"))
         if fp is None or tern is None:
             continue
-        lrs = ", ".join(f"{lr:g}" for lr in sorted(tried[size]))
+        lrs = ", ".join(f"{lr:g}" for lr in sorted(tried[(size, "fp")] | tried[(size, "ternary")]))
         lines.append(f"| {size} | {fp['non_embedding_parameters'] / 1e6:.2f}M | {fp['tokens'] / 1e6:.2f}M | {lrs} | "
-                     f"{fp['val_loss']:.3f} ({fp['lr']:g}) | {tern['val_loss']:.3f} ({tern['lr']:g}) | "
-                     f"{tern['val_loss'] - fp['val_loss']:+.3f} |")
+                     f"{cell(fp)} | {cell(tern)} | {tern['val_loss'] - fp['val_loss']:+.3f} |")
     seconds = sum(r["train_seconds"] for r in rows)
     lines.append("")
     lines.append(f"{len(rows)} runs, {seconds / 60:.0f} minutes of training in all.")
