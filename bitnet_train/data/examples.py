@@ -26,6 +26,8 @@ from bitnet_train.data.sources import Documents, _digest, _hub_reachable, _offli
 from bitnet_train.data.tokenizer import Tokenizer
 
 LAYOUTS = ("text", "prompt_answer")
+PAIRS_VERSION = 2
+"""Bumped when a pair's tokens change (2: prompt and answer tokenized as one text)."""
 
 
 def _pair_columns(ds: Any, cfg: DataConfig, where: str) -> Any:
@@ -89,17 +91,27 @@ def load_pairs(cfg: DataConfig) -> Documents:
 
 def encode_pairs(prompts: list[str | None], answers: list[str | None], tokenizer: Tokenizer
                  ) -> tuple[list[list[int]], list[int], list[int]]:
-    """(prompt ids + answer ids + EOS, prompt length, hash of the record) of each record."""
-    prompts = [p or "" for p in prompts]
-    answers = [a or "" for a in answers]
+    """(ids of prompt + answer, then EOS; prompt length; hash of the record) of each record.
+
+    The pair is tokenized as one text and split after the prompt's own token count, as lm-eval splits a
+    context and its continuation (trailing whitespace of the prompt moves to the answer first): the answer's
+    tokens are then the ones the evaluator scores. Tokenized apart, an answer such as " Pride" becomes
+    other pieces than it is after "Answer:" (a tokenizer with explicit space pieces), and a model trained
+    on them scores the evaluator's tokens as if it had never seen them."""
+    hashes = [doc_hash((p or "") + "\x1f" + (a or "")) for p, a in zip(prompts, answers)]
+    prompts, answers = list(prompts), list(answers)
+    for i, (p, a) in enumerate(zip(prompts, answers)):
+        p, a = p or "", a or ""
+        spaces = len(p) - len(p.rstrip())
+        prompts[i], answers[i] = (p[:-spaces], p[-spaces:] + a) if spaces else (p, a)
     p_ids = tokenizer.encode_batch(prompts)
-    a_ids = tokenizer.encode_batch(answers)
-    ids = [list(p) + list(a) + [tokenizer.eos_id] for p, a in zip(p_ids, a_ids)]
-    return ids, [len(p) for p in p_ids], [doc_hash(p + "\x1f" + a) for p, a in zip(prompts, answers)]
+    whole = tokenizer.encode_batch([p + a for p, a in zip(prompts, answers)])
+    ids = [list(w) + [tokenizer.eos_id] for w in whole]
+    return ids, [min(len(p), len(w)) for p, w in zip(p_ids, whole)], hashes
 
 
 def pairs_fingerprint(documents_fingerprint: str, tokenizer: Tokenizer) -> str:
-    return "bitnet-pairs-" + _digest({"v": TOKENIZE_VERSION, "documents": documents_fingerprint,
+    return "bitnet-pairs-" + _digest({"v": TOKENIZE_VERSION, "pairs": PAIRS_VERSION, "documents": documents_fingerprint,
                                       "tokenizer": tokenizer.fingerprint, "eos": tokenizer.eos_id})
 
 

@@ -45,6 +45,32 @@ def test_encode_pairs_appends_eos_and_hashes_both_fields():
     assert encode_pairs(["a"], ["bc"], CharTokenizer())[2] != encode_pairs(["ab"], ["c"], CharTokenizer())[2]
 
 
+@pytest.mark.parametrize("prompt,answer", [
+    ("Passage: It is a truth.\nWhich Jane Austen novel is this passage from?\nAnswer:", " Pride and Prejudice"),
+    ("Question: who? Answer: ", "Emma"),  # trailing space moves to the answer, as lm-eval moves it
+    ("x", ""),
+])
+def test_answer_tokens_are_those_lm_eval_scores(prompt, answer):
+    """The answer's tokens are lm-eval's continuation tokens for the same context and continuation (its own
+    TemplateLM._encode_pair), not the answer tokenized alone: with the shipped tokenizer " Pride" alone
+    starts with other pieces than after "Answer:"."""
+    from types import SimpleNamespace
+
+    from lm_eval.api.model import TemplateLM
+
+    from bitnet_train.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(None)
+    ids, prompt_len, _ = encode_pairs([prompt], [answer], tok)
+    lm = SimpleNamespace(backend="causal", tok_encode=lambda s, **kw: tok.encode_batch([s])[0])
+    context_enc, continuation_enc = TemplateLM._encode_pair(lm, prompt, answer) if answer else ([], [])
+    if answer:
+        assert ids[0][:prompt_len[0]] == context_enc and ids[0][prompt_len[0]:-1] == continuation_enc
+    assert ids[0][-1] == tok.eos_id
+    if answer.startswith(" Pride"):
+        assert continuation_enc != tok.encode_batch([answer])[0]  # what the layout used to train on
+
+
 RECORDS = [{"question": f"Q{i}: what is {i} plus {i}?", "reply": f"It is {2 * i}.", "id": i} for i in range(60)]
 
 
