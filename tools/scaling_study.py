@@ -88,7 +88,7 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
 
     def cell(c: dict) -> str:
         lrs = tried[(c["size"], c["network"])]
-        edge = " (grid edge)" if len(lrs) > 1 and c["lr"] in (min(lrs), max(lrs)) else ""
+        edge = ", grid edge" if len(lrs) > 1 and c["lr"] in (min(lrs), max(lrs)) else ""
         return f"{c['val_loss']:.3f} ({c['lr']:g}{edge})"
 
     lines = ["| size | non-emb. params | tokens | learning rates tried | fp: val loss (lr) | ternary: val loss (lr) "

@@ -2,7 +2,7 @@
 
 What it computes. In quantization-aware training at full strength (weight lambda 1, absmean scale) the
 forward only ever uses Q_w(W) = codes / inv, codes = clamp(round(W * inv), -1, 1), inv = 1 / mean|W|
-(docs/METHODS.md#bitnet-b158-weight-quantizer). So before FSDP2's all-gather each rank computes, on
+(docs/METHODS.md#bitlinear-b158). So before FSDP2's all-gather each rank computes, on
 its own shard, the int8 codes at the scale of the *whole* matrix (the shards' sums of |W| are
 all-reduced first: one scalar per matrix), and the gather moves 1 byte per weight instead of 4.
 After the gather the unsharded parameter is the dequantized Q_w(W), in the parameter dtype, with the
