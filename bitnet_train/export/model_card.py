@@ -50,69 +50,42 @@ def write_generation_config(source: Source, out: Path) -> None:
 
 
 def write_model_card(source: Source, out: Path, architecture: str) -> Path:
-    from huggingface_hub import ModelCardData
+    from huggingface_hub import ModelCard, ModelCardData
 
     m, q = source.model_cfg, source.quant_cfg
     metrics = run_metrics(source)
     tokens = tokens_trained(source, metrics)
     evaluation = {k: metrics[k] for k in ("val_loss", "val_perplexity", "train_loss", "steps")
                   if isinstance(metrics.get(k), (int, float)) and math.isfinite(metrics[k])}
-    if not q.enabled:
-        return _write_full_precision_card(source, out, architecture, m, tokens, evaluation)
-    quantization = {"scheme": "BitNet b1.58", "weights": "ternary {-1, 0, 1} x one absmean scale per matrix",
-                    "activations": "int8 absmax per token", "norm_placement": q.norm,
-                    "bits_per_weight": 2.0, "bits_per_weight_information": round(math.log2(3), 3)}
+    if q.enabled:
+        tags, kind = ["bitnet", "ternary", "1.58-bit"], "ternary language model (BitNet b1.58 quantization-aware training)"
+        quantization = {"scheme": "BitNet b1.58", "weights": "ternary {-1, 0, 1} x one absmean scale per matrix",
+                        "activations": "int8 absmax per token", "norm_placement": q.norm,
+                        "bits_per_weight": 2.0, "bits_per_weight_information": round(math.log2(3), 3)}
+        storage = ("Weights are stored packed, 2 bits per weight, with transformers' `bitnet` quantization "
+                   "(`quant_method: bitnet`); load with `AutoModelForCausalLM.from_pretrained(folder)`.")
+    else:
+        tags, kind, quantization = ["full-precision"], "full-precision language model (no quantization)", None
+        storage = ("Load with `AutoModelForCausalLM.from_pretrained(folder)`; it can be the teacher of BitDistill "
+                   "(`distill.teacher=FOLDER`).")
     data = ModelCardData(
-        library_name="transformers", pipeline_tag="text-generation", tags=["bitnet", "ternary", "1.58-bit"],
+        library_name="transformers", pipeline_tag="text-generation", tags=tags,
         architecture=architecture, quantization=quantization, tokens_trained=tokens,
         model_shape={"hidden_size": m.hidden_size, "intermediate_size": m.intermediate_size,
                      "num_hidden_layers": m.num_hidden_layers, "num_attention_heads": m.num_attention_heads,
                      "num_key_value_heads": m.num_key_value_heads, "hidden_act": m.hidden_act,
                      "vocab_size": m.vocab_size},
         evaluation=evaluation or None)
+    rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in evaluation.items()) or "| (none recorded) | |"
     text = "\n".join([
         "---", data.to_yaml(), "---", "",
         f"# {source.checkpoint.parent.parent.name or source.checkpoint.stem}", "",
-        f"A {architecture} ternary language model (BitNet b1.58 quantization-aware training): "
+        f"A {architecture} {kind}: "
         f"{m.num_hidden_layers} layers, hidden size {m.hidden_size}, FFN {m.intermediate_size} ({m.hidden_act}), "
         f"vocabulary {m.vocab_size}; trained on {tokens:,} tokens." if tokens is not None else
-        f"A {architecture} ternary language model (BitNet b1.58 quantization-aware training).", "",
-        "Weights are stored packed, 2 bits per weight, with transformers' `bitnet` quantization "
-        "(`quant_method: bitnet`); load with `AutoModelForCausalLM.from_pretrained(folder)`.", "",
-        *_evaluation_lines(evaluation)])
-    return _save(text, out)
-
-
-def _evaluation_lines(evaluation: dict[str, Any]) -> list[str]:
-    rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in evaluation.items()) or "| (none recorded) | |"
-    return ["## Evaluation", "", "| metric | value |", "|---|---|", rows, ""]
-
-
-def _save(text: str, out: Path) -> Path:
-    from huggingface_hub import ModelCard
-
+        f"A {architecture} {kind}.", "",
+        storage, "",
+        "## Evaluation", "", "| metric | value |", "|---|---|", rows, ""])
     path = out / "README.md"
     ModelCard(text).save(str(path))
     return path
-
-
-def _write_full_precision_card(source: Source, out: Path, architecture: str, m, tokens: int | None,
-                               evaluation: dict[str, Any]) -> Path:
-    from huggingface_hub import ModelCardData
-
-    data = ModelCardData(
-        library_name="transformers", pipeline_tag="text-generation", tags=["full-precision"],
-        architecture=architecture, quantization=None, tokens_trained=tokens,
-        model_shape={"hidden_size": m.hidden_size, "intermediate_size": m.intermediate_size,
-                     "num_hidden_layers": m.num_hidden_layers, "num_attention_heads": m.num_attention_heads,
-                     "num_key_value_heads": m.num_key_value_heads, "hidden_act": m.hidden_act,
-                     "vocab_size": m.vocab_size},
-        evaluation=evaluation or None)
-    trained = f"; trained on {tokens:,} tokens" if tokens is not None else ""
-    text = "\n".join([
-        "---", data.to_yaml(), "---", "", f"# {source.checkpoint.parent.parent.name or source.checkpoint.stem}", "",
-        f"A full-precision {architecture} language model (no quantization): {m.num_hidden_layers} layers, hidden "
-        f"size {m.hidden_size}, FFN {m.intermediate_size} ({m.hidden_act}), vocabulary {m.vocab_size}{trained}.", "",
-        "Load with `AutoModelForCausalLM.from_pretrained(folder)`; it can be the teacher of BitDistill "
-        "(`distill.teacher=FOLDER`).", "", *_evaluation_lines(evaluation)])
-    return _save(text, out)
