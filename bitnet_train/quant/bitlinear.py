@@ -22,7 +22,9 @@ Hadamard transform (quant/hadamard.py; 0 = no rotation), as architecture, at eve
 Integer forward (quant/int_forward.py): with `int_matmul = "auto"` (opt-in; "off" is the default), a layer at both
 lambdas 1 whose activation quantizer is the b1.58 int8 absmax multiplies int8 activation codes by
 the ternary weight codes with int32 accumulation, and backward stays straight-through in the float
-dtype; its weight codes are computed once per optimizer step (cached on the weight's version).
+dtype; its weight codes are computed once per optimizer step (cached on the weight's version). The
+layer's own input norm, when active and not followed by a Hadamard rotation, runs fused into that
+function (`norm_int_bitlinear`: backward keeps x and its rstd, not the norm's output).
 Anything else (phase-in, other schemes, `int_matmul = "off"`) runs the fake-quant path.
 """
 
@@ -35,7 +37,7 @@ from torch.distributed.tensor import DTensor
 
 from bitnet_train.quant.functional import quantize_activation, quantize_activation_scheme, quantize_weight
 from bitnet_train.quant.hadamard import hadamard_transform
-from bitnet_train.quant.int_forward import TernaryWeightCache, int_bitlinear, ternary_weight_codes
+from bitnet_train.quant.int_forward import TernaryWeightCache, int_bitlinear, norm_int_bitlinear, ternary_weight_codes
 from bitnet_train.quant.norm import RMSNorm
 
 
@@ -149,20 +151,32 @@ class BitLinear(nn.Linear):
             return self.activation_bits == 8
         return scheme == "int8_absmax"
 
+    def _int_forward_applies(self) -> bool:
+        return self.uses_int_matmul() and not isinstance(self.weight, DTensor) \
+            and self.weight.shape == (self.out_features, self.in_features)
+
     def _weight_codes(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.weight_cache_enabled and w is self.weight and not hasattr(w, "ds_id"):
             return self._weight_cache.get(w, self.weight_scale)
         return ternary_weight_codes(w, self.weight_scale)
 
+    def _fused_norm(self) -> bool:
+        """Whether the integer forward takes the input norm in (active norm, no Hadamard rotation)."""
+        return self.input_norm is not None and self.input_norm_active and not self.hadamard_block \
+            and not isinstance(self.input_norm.weight, DTensor)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._fused_norm() and not self.weight_gathered_quantized and self._int_forward_applies():
+            w_codes, inv = self._weight_codes(self.weight)
+            return norm_int_bitlinear(x, self.input_norm.weight, self.input_norm.eps, self.weight, self.bias,
+                                      w_codes, inv)
         x = self._prepare(x)
         if self.weight_gathered_quantized and not isinstance(self.weight, DTensor) \
                 and not getattr(self.weight, "latent_for_code_gather", False):
             return F.linear(self._quantize_input(x), self.weight, self.bias)
         if self.weight_lambda == 0 and self.activation_lambda == 0:
             return F.linear(x, self.weight, self.bias)
-        if self.uses_int_matmul() and not isinstance(self.weight, DTensor) \
-                and self.weight.shape == (self.out_features, self.in_features):
+        if self._int_forward_applies():
             w_codes, inv = self._weight_codes(self.weight)
             return int_bitlinear(x, self.weight, self.bias, w_codes, inv)
         return F.linear(self._quantize_input(x), self.quantized_weight(), self.bias)

@@ -15,6 +15,15 @@ grad_x = grad_y @ W_q, grad_W = grad_y^T @ x_q, where x_q and W_q are rebuilt fr
 codes and fp32 scales (no quantized float copies are kept for backward). The rebuilt x_q and W_q
 equal the fake-quant ones bit for bit, so the gradients are those of the fake-quant path.
 
+With the layer's own input norm (the subln / all_linear RMSNorms), `norm_int_bitlinear` fuses
+that norm into the same function: forward h = g * (x * rstd) with rstd = 1 / sqrt(mean(x^2) + eps)
+in fp32, cast as quant/norm.py casts it, then the integer product of h's codes; it keeps for
+backward x, rstd and the codes, where the unfused norm keeps x and x * rstd (one more full-size
+float tensor per norm: the FFN-wide input of down_proj among them). Backward writes out the
+RMSNorm's gradient (with xn = x * rstd and dxn = g * dh, both in fp32:
+dx = rstd * (dxn - xn * mean(dxn * xn)), dg = sum over tokens of dh * xn), rebuilding xn
+from x and rstd.
+
 `TernaryWeightCache` quantizes a latent weight once per optimizer step: it is keyed on the
 parameter's version counter, which every in-place update bumps, and on a count of optimizer steps
 (a global step hook of torch.optim, for updates that write through `.data`, as DeepSpeed's do), so
@@ -120,6 +129,57 @@ def int_bitlinear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     `w_codes`, `inv` are `ternary_weight_codes(weight)` (cached per optimizer step by the caller);
     the gradient reaches `weight` (and `x`, `bias`) straight through."""
     return _IntBitLinear.apply(x, weight, bias, w_codes, inv)
+
+
+class _NormIntBitLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, gain, eps, weight, bias, w_codes, inv):  # noqa: D401
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        rstd = torch.rsqrt(x2.float().pow(2).mean(-1, keepdim=True) + eps)
+        h = gain * (x2.float() * rstd).to(x.dtype)  # quant/norm.py's RMSNorm, op for op
+        x_codes, s = int8_activation_codes(h)
+        acc = code_matmul(x_codes, w_codes)
+        dev = x.device.type
+        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
+        y = (acc / (s * inv)).to(dtype)
+        if bias is not None:
+            y = y + bias.to(dtype)
+        ctx.save_for_backward(x, rstd, gain, x_codes, s, w_codes, inv)
+        ctx.dtype, ctx.h_dtype, ctx.has_bias = dtype, h.dtype, bias is not None
+        ctx.w_dtype = weight.dtype
+        ctx.b_dtype = bias.dtype if bias is not None else None
+        return y.reshape(*shape[:-1], w_codes.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, rstd, gain, x_codes, s, w_codes, inv = ctx.saved_tensors
+        g2 = grad.reshape(-1, grad.shape[-1]).to(ctx.dtype)
+        grad_x = grad_gain = grad_w = grad_b = None
+        if ctx.needs_input_grad[3]:
+            x_q = (x_codes.float() / s).to(ctx.dtype)
+            grad_w = (g2.t() @ x_q).to(ctx.w_dtype)
+        if ctx.has_bias and ctx.needs_input_grad[4]:
+            grad_b = g2.sum(0).to(ctx.b_dtype)
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            w_q = (w_codes.float() / inv).to(ctx.dtype)
+            grad_h = (g2 @ w_q).to(ctx.h_dtype)
+            x2 = x.reshape(-1, x.shape[-1]).float()
+            xn = x2 * rstd
+            if ctx.needs_input_grad[1]:
+                grad_gain = (grad_h * xn.to(x.dtype)).sum(0).to(gain.dtype)
+            if ctx.needs_input_grad[0]:
+                dxn = (grad_h * gain).to(x.dtype).float()
+                dx = rstd * (dxn - xn * (dxn * xn).mean(-1, keepdim=True))
+                grad_x = dx.to(x.dtype).reshape(x.shape)
+        return grad_x, grad_gain, None, grad_w, grad_b, None, None
+
+
+def norm_int_bitlinear(x: torch.Tensor, gain: torch.Tensor, eps: float, weight: torch.Tensor,
+                       bias: torch.Tensor | None, w_codes: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
+    """`int_bitlinear(RMSNorm(x))` in one function (the norm's gain `gain`, epsilon `eps`), keeping for
+    backward x, the per-token rstd and the integer codes instead of the norm's float output."""
+    return _NormIntBitLinear.apply(x, gain, eps, weight, bias, w_codes, inv)
 
 
 class TernaryWeightCache:

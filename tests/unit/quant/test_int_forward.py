@@ -158,3 +158,76 @@ def test_autocast_bf16_output_and_gradient_dtypes():
     assert y.dtype == torch.bfloat16
     y.float().sum().backward()
     assert x.grad.dtype == layer.weight.grad.dtype == layer.bias.grad.dtype == torch.float32
+
+
+def _norm_pair(in_f=64, out_f=48, bias=True, dtype=torch.float32, seed=0):
+    """A BitLinear with its own input norm (fused into the integer forward) and the same computation
+    unfused: a separate RMSNorm module (autograd's own backward) followed by a norm-less BitLinear."""
+    from bitnet_train.quant.norm import RMSNorm
+
+    torch.manual_seed(seed)
+    fused = BitLinear(in_f, out_f, bias=bias, dtype=dtype, input_norm=True, norm_eps=1e-5, int_matmul="auto")
+    with torch.no_grad():
+        fused.input_norm.weight.copy_(torch.rand(in_f, dtype=dtype) + 0.5)
+    norm = RMSNorm(in_f, eps=1e-5, dtype=dtype)
+    plain = BitLinear(in_f, out_f, bias=bias, dtype=dtype, int_matmul="auto")
+    with torch.no_grad():
+        norm.weight.copy_(fused.input_norm.weight)
+        plain.weight.copy_(fused.weight)
+        if bias:
+            plain.bias.copy_(fused.bias)
+    return fused, norm, plain
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
+def test_fused_norm_equals_norm_then_layer(dtype, rtol):
+    """Forward bit for bit (the same ops); gradients of x, the gain, the weight and the bias equal
+    autograd's through the separate norm up to the order of a few fp32 sums (bf16: its rounding)."""
+    fused, norm, plain = _norm_pair(dtype=dtype)
+    assert fused._fused_norm() and fused.uses_int_matmul()
+    x = (torch.randn(3, 5, 64) * 3).to(dtype)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = fused(xa), plain(norm(xb))
+    assert torch.equal(ya, yb)
+    g = torch.randn_like(ya)
+    ya.backward(g)
+    yb.backward(g)
+    for got, want in [(xa.grad, xb.grad), (fused.input_norm.weight.grad, norm.weight.grad),
+                      (fused.weight.grad, plain.weight.grad), (fused.bias.grad, plain.bias.grad)]:
+        scale = want.float().abs().max()
+        assert scale > 0
+        assert (got.float() - want.float()).abs().max() <= rtol * scale
+
+
+def _saved_float_bytes(fn):
+    """Bytes of floating-point tensors autograd keeps for backward while `fn()` builds its graph."""
+    saved = []
+
+    def pack(t):
+        if t.is_floating_point():
+            saved.append(t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return sum(saved), out
+
+
+def test_fused_norm_keeps_no_float_copy_of_the_norm_output():
+    fused, norm, plain = _norm_pair(in_f=256, out_f=32, bias=False)
+    x = torch.randn(64, 256, requires_grad=True)
+    fused_bytes, _ = _saved_float_bytes(lambda: fused(x))
+    plain_bytes, _ = _saved_float_bytes(lambda: plain(norm(x)))
+    full = x.numel() * 4
+    # fused: x, per token its rstd and activation scale, the gain and 1/gamma; unfused: also x * rstd
+    assert fused_bytes <= full + 2 * 64 * 4 + 256 * 4 + 4
+    assert plain_bytes >= fused_bytes + full
+
+
+def test_norm_outside_the_fusion_when_inactive_or_rotated():
+    layer = BitLinear(64, 32, input_norm=True, int_matmul="auto")
+    assert layer._fused_norm()
+    layer.input_norm_active = False
+    assert not layer._fused_norm()
+    rotated = BitLinear(64, 32, input_norm=True, hadamard_block=64, int_matmul="auto")
+    assert not rotated._fused_norm()
