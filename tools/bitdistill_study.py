@@ -21,7 +21,9 @@ Runs, each `python -m bitnet_train ...` in its own folder under --out:
   bitdistill        +experiment=distill_tiny from teacher_hf: stage 1 SubLN (gains calibrated), stage 2
                     continual pre-training on the corpus (--stage2-steps), stage 3 logit + attention-
                     relation distillation on the task (--task-steps; relations of the last layer);
-  no_stage2, no_relation, no_subln   the ablations: stage 2 skipped; gamma = 0; no SubLN.
+  bitdistill_ones   the same with the new norms' gains at 1 (distill.norm_init=ones, the paper's start) instead
+                    of calibrated: with both, held-out perplexity after each of the three stages;
+  no_relation, no_stage2, no_subln   the ablations: gamma = 0; stage 2 skipped; no SubLN.
 Every task stage uses the same learning rate (--task-lr) and steps. Accuracy is the evaluator's
 (`python -m bitnet_train.evaluate RUN --tasks austen_novel --text heldout.txt`), zero-shot, on all 300
 test passages. Results: docs/RESULTS.md#bitdistill-on-a-classification-task.
@@ -45,15 +47,18 @@ from make_eval_tasks import HELD_OUT, NOVELS, paragraphs  # noqa: E402
 
 PROMPT = "Passage: {passage}\nWhich Jane Austen novel is this passage from?\nAnswer:"
 SHAPE = ["data.seq_len=256", "data.batch_size=8"]
-STUDENTS = {
+STUDENTS = {  # in the order they run: the main row, its norm initialization, then the ablations
     "bitdistill": [],
-    "no_stage2": ["distill.stage2.tokens=0"],
+    "bitdistill_ones": ["distill.norm_init=ones"],
     "no_relation": ["distill.stage3.attention_weight=0"],
+    "no_stage2": ["distill.stage2.tokens=0"],
     "no_subln": ["distill.norms=none"],
 }
+STAGED = ("bitdistill", "bitdistill_ones")  # held-out perplexity after each stage: new norms calibrated vs at 1
+STAGE_DIRS = {1: "stage1_refine", 2: "stage2_continual"}  # stage 3's is the run's own report
 LABELS = {"teacher_pretrain": "full-precision teacher, before fine-tuning", "teacher": "full-precision teacher (fine-tuned)",
           "bitnet_sft": "BitNet-SFT (b1.58)", "bitdistill": "BitDistill (b1.58)",
-          "no_stage2": "BitDistill w/o stage 2", "no_relation": "BitDistill w/o relation loss (gamma 0)",
+          "bitdistill_ones": "BitDistill, new norms at 1 (not calibrated)", "no_stage2": "BitDistill w/o stage 2", "no_relation": "BitDistill w/o relation loss (gamma 0)",
           "no_subln": "BitDistill w/o SubLN"}
 
 
@@ -140,6 +145,37 @@ def evaluate_all(args: argparse.Namespace, paths: dict[str, Path]) -> dict[str, 
     return reports
 
 
+def stage_perplexities(args: argparse.Namespace, paths: dict[str, Path]) -> dict[str, dict[int, float]]:
+    """Held-out perplexity of each stage's checkpoint of the STAGED runs (stage 3's is the run's own report)."""
+    from bitnet_train.evaluate.__main__ import evaluate, parse_args
+
+    out = Path(args.out)
+    found = {}
+    for name in STAGED:
+        if not (out / name / "metrics.json").is_file():
+            continue
+        found[name] = {}
+        for stage, folder in STAGE_DIRS.items():
+            path = out / "eval" / f"{name}_stage{stage}.json"
+            if not path.is_file() or args.force:
+                report = evaluate(parse_args([str(out / name / folder), "--text", str(paths["heldout"]),
+                                              "--batch-size", "8"]))
+                path.write_text(json.dumps(report, indent=2) + "\n")
+            found[name][stage] = json.loads(path.read_text())["perplexity"]["perplexity"]
+    return found
+
+
+def stage_table(perplexities: dict[str, dict[int, float]], reports: dict[str, dict]) -> str:
+    lines = ["| new norms' gains | after stage 1 | after stage 2 | after stage 3 | accuracy after stage 3 |",
+             "|---|---|---|---|---|"]
+    for name, ppl in perplexities.items():
+        init = "at 1 (`norm_init=ones`)" if name == "bitdistill_ones" else "calibrated (`norm_init=calibrated`)"
+        final = reports[name]
+        lines.append(f"| {init} | {ppl[1]:.1f} | {ppl[2]:.1f} | {final['perplexity']['perplexity']:.1f} | "
+                     f"{final['tasks']['austen_novel']['acc']:.3f} |")
+    return "\n".join(lines)
+
+
 def train_seconds(run: Path) -> float:
     """Training time of a run: its metrics.json, summed over stages for a distillation run."""
     m = json.loads((run / "metrics.json").read_text())
@@ -183,7 +219,9 @@ def main() -> None:
     paths = make_data(Path(args.out), args.per_novel)
     if not args.analyze_only:
         train_all(args, paths)
-    text = table(args, evaluate_all(args, paths))
+    reports = evaluate_all(args, paths)
+    text = table(args, reports) + "\n\nHeld-out perplexity after each stage:\n\n" + stage_table(
+        stage_perplexities(args, paths), reports)
     (Path(args.out) / "table.md").write_text(text + "\n")
     print(text)
 
