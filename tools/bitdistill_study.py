@@ -14,7 +14,7 @@ taken on the first 150 paragraphs of each novel's last 20% (--out/data/heldout.t
 Runs, each `python -m bitnet_train ...` in its own folder under --out:
   teacher_pretrain  the default tiny decoder in full precision (quant=fp: a plain Llama), --teacher-steps
                     on the corpus;
-  teacher           it fine-tuned on the task (prompt/answer layout, loss on the answer), --task-steps;
+  teacher           it fine-tuned on the task (prompt/answer layout, loss on the answer), --teacher-task-steps;
                     exported to transformers (--out/teacher_hf) for the students' distillation;
   bitnet_sft        the paper's BitNet-SFT baseline: the teacher's weights quantized to b1.58 (same
                     network, no extra norms) and fine-tuned on the task the same way;
@@ -24,7 +24,7 @@ Runs, each `python -m bitnet_train ...` in its own folder under --out:
   bitdistill_ones   the same with the new norms' gains at 1 (distill.norm_init=ones, the paper's start) instead
                     of calibrated: with both, held-out perplexity after each of the three stages;
   no_relation, no_stage2, no_subln   the ablations: gamma = 0; stage 2 skipped; no SubLN.
-Every task stage uses the same learning rate (--task-lr) and steps. Accuracy is the evaluator's
+Every task stage uses the same learning rate (--task-lr); the students' task stages the same steps (--task-steps). Accuracy is the evaluator's
 (`python -m bitnet_train.evaluate RUN --tasks austen_novel --text heldout.txt`), zero-shot, on all 300
 test passages. Results: docs/RESULTS.md#bitdistill-on-a-classification-task.
 """
@@ -85,9 +85,9 @@ def make_data(out: Path, per_novel: int) -> dict[str, Path]:
     return {"corpus": corpus, "task": task, "heldout": text}
 
 
-def steps_overrides(steps: int) -> list[str]:
-    return [f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}",
-            f"callbacks.checkpoint.every_n_train_steps={steps}", f"optim.warmup_steps={max(1, steps // 10)}"]
+def steps_overrides(steps: int, *, warmup_div: int = 10, val_every: int | None = None) -> list[str]:
+    return [f"trainer.max_steps={steps}", f"trainer.val_check_interval={val_every or steps}",
+            f"callbacks.checkpoint.every_n_train_steps={steps}", f"optim.warmup_steps={max(1, steps // warmup_div)}"]
 
 
 def task_data(paths: dict[str, Path]) -> list[str]:
@@ -108,8 +108,11 @@ def train_all(args: argparse.Namespace, paths: dict[str, Path]) -> None:
                                                threads=args.threads, force=args.force)
     run("teacher_pretrain", ["quant=fp", f"data.files={paths['corpus']}", f"optim.lr={args.pretrain_lr}",
                              *steps_overrides(args.teacher_steps)])
-    task = [*task_data(paths), f"optim.lr={args.task_lr}", *steps_overrides(args.task_steps)]
-    run("teacher", ["quant=fp", f"init_from={out / 'teacher_pretrain' / 'checkpoints' / 'last.ckpt'}", *task])
+    # the teacher's validation every 200 steps is its learning curve on held-in records
+    run("teacher", ["quant=fp", f"init_from={out / 'teacher_pretrain' / 'checkpoints' / 'last.ckpt'}",
+                    *task_data(paths), f"optim.lr={args.task_lr}",
+                    *steps_overrides(args.teacher_task_steps, warmup_div=20, val_every=200)])
+    task = [*task_data(paths), f"optim.lr={args.task_lr}", *steps_overrides(args.task_steps, warmup_div=20)]
     teacher_hf = export_teacher(out)
     run("bitnet_sft", ["quant.norm=none", f"init_from={out / 'teacher' / 'checkpoints' / 'last.ckpt'}", *task])
     # stage optimizers: distill_tiny's (AdamW, cosine, weight decay 0.01) at --task-lr
@@ -117,6 +120,7 @@ def train_all(args: argparse.Namespace, paths: dict[str, Path]) -> None:
                f"distill.stage2.tokens={args.stage2_steps * 8 * 256}", f"distill.stage2.data.files={paths['corpus']}",
                f"distill.stage2.optim.lr={args.task_lr}",
                f"distill.stage3.steps={args.task_steps}", f"distill.stage3.data.files={paths['task']}",
+               "distill.stage3.warmup_fraction=0.05",
                "distill.stage3.data.layout=prompt_answer", f"distill.stage3.optim.lr={args.task_lr}",
                "distill.stage3.attention.layers=[-1]", "distill.stage3.attention.padding_mask=true",
                f"trainer.val_check_interval={args.task_steps}",
@@ -207,8 +211,10 @@ def main() -> None:
     p.add_argument("--per-novel", type=int, default=300, help="task training passages per novel")
     p.add_argument("--teacher-steps", type=int, default=500, help="teacher pre-training steps (8 x 256 tokens)")
     p.add_argument("--pretrain-lr", type=float, default=3e-3)
-    p.add_argument("--task-steps", type=int, default=300, help="steps of every task stage (batch 8)")
-    p.add_argument("--task-lr", type=float, default=1e-3)
+    p.add_argument("--teacher-task-steps", type=int, default=1200,
+                   help="the teacher's fine-tuning steps (batch 8; at 300 it had learnt only the answers' prior)")
+    p.add_argument("--task-steps", type=int, default=600, help="steps of every student's task stage (batch 8)")
+    p.add_argument("--task-lr", type=float, default=2e-3)
     p.add_argument("--stage2-steps", type=int, default=150, help="BitDistill stage 2 steps (8 x 256 tokens)")
     p.add_argument("--students", nargs="+", default=list(STUDENTS), choices=list(STUDENTS))
     p.add_argument("--seed", type=int, default=1234)
