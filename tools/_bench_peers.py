@@ -78,6 +78,16 @@ def b158_fakequant(model: nn.Module) -> str:
     return b158(model, int_matmul="off")
 
 
+def b158_unfused(model: nn.Module) -> str:
+    from bitnet_train.quant.bitlinear import BitLinear
+
+    label = b158(model)
+    for m in model.modules():
+        if isinstance(m, BitLinear):
+            m.fuse_input_norm = False
+    return label + ", input norm not fused"
+
+
 def b158_nonorm(model: nn.Module) -> str:
     return b158(model, norm="none")
 
@@ -171,6 +181,7 @@ VARIANTS: dict[str, tuple[Callable[[nn.Module], str], bool, str]] = {
     "b158": (b158, False, "bitnet_train b1.58, subln"),
     "b158_nonorm": (b158_nonorm, False, "bitnet_train b1.58, norm=none"),
     "b158_fakequant": (b158_fakequant, False, "bitnet_train b1.58, subln, int_matmul=off"),
+    "b158_unfused": (b158_unfused, False, "bitnet_train b1.58, subln, norm not fused"),
     "bitlinear": (bitlinear_default, True, "PyPI bitlinear, defaults"),
     "bitlinear_absmean": (bitlinear_absmean, True, "PyPI bitlinear, AbsMean, no norm"),
     "onebitllms": (onebitllms, True, "PyPI onebitllms"),

@@ -83,6 +83,8 @@ class BitLinear(nn.Linear):
         self.weight_gathered_quantized = False
         """True under FSDP2 with strategy.gather=codes (parallel/ternary_gather.py): inside forward the
         all-gathered weight already is Q_w(W), so it is multiplied as it is."""
+        self.fuse_input_norm = True
+        """False runs the input norm as its own module before the integer forward (for comparisons)."""
         self._weight_cache = TernaryWeightCache()
 
     @classmethod
@@ -162,7 +164,8 @@ class BitLinear(nn.Linear):
 
     def _fused_norm(self) -> bool:
         """Whether the integer forward takes the input norm in (active norm, no Hadamard rotation)."""
-        return self.input_norm is not None and self.input_norm_active and not self.hadamard_block \
+        return self.fuse_input_norm and self.input_norm is not None and self.input_norm_active \
+            and not self.hadamard_block \
             and not isinstance(self.input_norm.weight, DTensor)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -227,6 +227,9 @@ def test_fused_norm_keeps_no_float_copy_of_the_norm_output():
 def test_norm_outside_the_fusion_when_inactive_or_rotated():
     layer = BitLinear(64, 32, input_norm=True, int_matmul="auto")
     assert layer._fused_norm()
+    layer.fuse_input_norm = False
+    assert not layer._fused_norm()
+    layer.fuse_input_norm = True
     layer.input_norm_active = False
     assert not layer._fused_norm()
     rotated = BitLinear(64, 32, input_norm=True, hadamard_block=64, int_matmul="auto")
