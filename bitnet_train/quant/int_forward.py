@@ -88,18 +88,24 @@ def int8_activation_codes(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return (xf * s).round_().clamp_(-128, 127).to(torch.int8), s
 
 
+def _code_product(x2: torch.Tensor, w_codes: torch.Tensor, inv: torch.Tensor, bias: torch.Tensor | None):
+    """The integer forward of x2 [M, K]: (y [M, N] in the autocast or x2's dtype, x2's codes, s, that dtype)."""
+    x_codes, s = int8_activation_codes(x2)
+    acc = code_matmul(x_codes, w_codes)
+    dev = x2.device.type
+    dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x2.dtype
+    y = (acc / (s * inv)).to(dtype)
+    if bias is not None:
+        y = y + bias.to(dtype)
+    return y, x_codes, s, dtype
+
+
 class _IntBitLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, w_codes, inv):  # noqa: D401
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
-        x_codes, s = int8_activation_codes(x2)
-        acc = code_matmul(x_codes, w_codes)
-        dev = x.device.type
-        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
-        y = (acc / (s * inv)).to(dtype)
-        if bias is not None:
-            y = y + bias.to(dtype)
+        y, x_codes, s, dtype = _code_product(x2, w_codes, inv, bias)
         ctx.save_for_backward(x_codes, s, w_codes, inv)
         ctx.shape, ctx.dtype, ctx.has_bias = shape, dtype, bias is not None
         ctx.x_dtype, ctx.w_dtype = x.dtype, weight.dtype
@@ -138,13 +144,7 @@ class _NormIntBitLinear(torch.autograd.Function):
         x2 = x.reshape(-1, shape[-1])
         rstd = torch.rsqrt(x2.float().pow(2).mean(-1, keepdim=True) + eps)
         h = gain * (x2.float() * rstd).to(x.dtype)  # quant/norm.py's RMSNorm, op for op
-        x_codes, s = int8_activation_codes(h)
-        acc = code_matmul(x_codes, w_codes)
-        dev = x.device.type
-        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
-        y = (acc / (s * inv)).to(dtype)
-        if bias is not None:
-            y = y + bias.to(dtype)
+        y, x_codes, s, dtype = _code_product(h, w_codes, inv, bias)
         ctx.save_for_backward(x, rstd, gain, x_codes, s, w_codes, inv)
         ctx.dtype, ctx.h_dtype, ctx.has_bias = dtype, h.dtype, bias is not None
         ctx.w_dtype = weight.dtype
