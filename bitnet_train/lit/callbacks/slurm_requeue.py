@@ -9,6 +9,11 @@ a safe point, as Lightning itself handles SIGTERM: the handler only sets a flag;
 optimizer step the ranks all-reduce it, and if any rank was signalled all save the same checkpoint
 together, rank 0 requeues the job, and training stops. The task then skips the end-of-run work (tasks/trainer.py).
 (With it, the trainer builder turns Lightning's own SIGUSR1 handler off: SLURMEnvironment(auto_requeue=False).)
+
+After the requeue checkpoint the fit writes no other: ModelCheckpoint's end-of-training `last.ckpt`
+(written when no last.ckpt was saved during the fit) would be the newest file of the run folder, and
+it records the epoch as finished, so the requeued job (`ckpt_path=auto`) would resume from it into a
+new epoch instead of the preempted step. Whether it got written raced with Slurm ending the job.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 log = logging.getLogger(__name__)
@@ -37,6 +43,7 @@ class SlurmRequeue(L.Callback):
         self.requeued = False
         self._last_step = -1
         self._previous_handler: Any = None
+        self._held_save_last: list[tuple[ModelCheckpoint, Any]] = []
 
     @staticmethod
     def active() -> bool:
@@ -55,6 +62,9 @@ class SlurmRequeue(L.Callback):
         if self._previous_handler is not None:
             signal.signal(self.signum, self._previous_handler)
             self._previous_handler = None
+        for callback, save_last in self._held_save_last:
+            callback.save_last = save_last
+        self._held_save_last = []
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
@@ -74,4 +84,8 @@ class SlurmRequeue(L.Callback):
             if done.returncode:
                 log.warning("scontrol requeue %s failed: %s", job, done.stderr.strip())
         self.requeued = True
+        for callback in trainer.checkpoint_callbacks:  # the requeue checkpoint stays the run's newest
+            if isinstance(callback, ModelCheckpoint):
+                self._held_save_last.append((callback, callback.save_last))
+                callback.save_last = False
         trainer.should_stop = True
