@@ -25,6 +25,12 @@ Runs, each `python -m bitnet_train ...` in its own folder under --out:
   bitdistill_ones   the same with the new norms' gains at 1 (distill.norm_init=ones, the paper's start) instead
                     of calibrated: with both, held-out perplexity after each of the three stages;
   no_relation, no_stage2, no_subln   the ablations: gamma = 0; stage 2 skipped; no SubLN.
+The paper's own setting (--base-runs): every row starts from the pretrained base (teacher_pretrain), not from
+the fine-tuned teacher, and the teacher is the best full-precision fine-tune (fp_sft, exported to fp_sft_hf):
+  fp_sft_base       FP16-SFT at the students' step count: the base fine-tuned --task-steps in full precision;
+  bitnet_sft_base   BitNet-SFT: the base quantized to b1.58 and fine-tuned --task-steps;
+  bitdistill_base   BitDistill with distill.student_init = the base (exported to base_hf), teacher fp_sft_hf;
+  no_relation_base  the same without the relation loss.
 Every task stage uses the same learning rate (--task-lr); the students' task stages the same steps (--task-steps). Accuracy is the evaluator's
 (`python -m bitnet_train.evaluate RUN --tasks austen_novel --text heldout.txt`), zero-shot, on all 300
 test passages. Results: docs/RESULTS.md#bitdistill-on-a-classification-task-the-papers-setting-cpu-scale.
@@ -55,12 +61,17 @@ STUDENTS = {  # in the order they run: the main row, its norm initialization, th
     "no_stage2": ["distill.stage2.tokens=0"],
     "no_subln": ["distill.norms=none"],
 }
-STAGED = ("bitdistill", "bitdistill_ones")  # held-out perplexity after each stage: new norms calibrated vs at 1
+BASE_RUNS = ("fp_sft_base", "bitnet_sft_base", "bitdistill_base", "no_relation_base")
+STAGED = ("bitdistill", "bitdistill_ones", "bitdistill_base")  # held-out perplexity after each stage: new norms calibrated vs at 1
 STAGE_DIRS = {1: "stage1_refine", 2: "stage2_continual"}  # stage 3's is the run's own report
 LABELS = {"teacher_pretrain": "full-precision teacher, before fine-tuning", "teacher": "full-precision teacher (fine-tuned)",
           "bitnet_sft": "BitNet-SFT (b1.58)", "fp_sft": "full precision, the teacher fine-tuned as long again as the students", "bitdistill": "BitDistill (b1.58)",
           "bitdistill_ones": "BitDistill, new norms at 1 (not calibrated)", "no_stage2": "BitDistill w/o stage 2", "no_relation": "BitDistill w/o relation loss (gamma 0)",
-          "no_subln": "BitDistill w/o SubLN"}
+          "no_subln": "BitDistill w/o SubLN",
+          "fp_sft_base": "FP16-SFT from the base (full precision, the students' steps)",
+          "bitnet_sft_base": "BitNet-SFT from the base (b1.58)",
+          "bitdistill_base": "BitDistill from the base (b1.58; teacher: fp_sft)",
+          "no_relation_base": "BitDistill from the base w/o relation loss (gamma 0)"}
 
 
 def make_data(out: Path, per_novel: int) -> dict[str, Path]:
@@ -95,10 +106,11 @@ def task_data(paths: dict[str, Path]) -> list[str]:
     return ["data.layout=prompt_answer", f"data.files={paths['task']}"]
 
 
-def export_teacher(out: Path) -> Path:
-    folder = out / "teacher_hf"
+def export_hf(out: Path, run: str, name: str) -> Path:
+    """A full-precision run's last checkpoint as a transformers folder (a teacher, or a student's start)."""
+    folder = out / name
     if not (folder / "config.json").is_file():
-        subprocess.run([sys.executable, "-m", "bitnet_train.export", str(out / "teacher" / "checkpoints" / "last.ckpt"),
+        subprocess.run([sys.executable, "-m", "bitnet_train.export", str(out / run / "checkpoints" / "last.ckpt"),
                         "--format", "hf", "--out", str(folder)], check=True)
     return folder
 
@@ -114,12 +126,12 @@ def train_all(args: argparse.Namespace, paths: dict[str, Path]) -> None:
                     *task_data(paths), f"optim.lr={args.task_lr}",
                     *steps_overrides(args.teacher_task_steps, warmup_div=20, val_every=200)])
     task = [*task_data(paths), f"optim.lr={args.task_lr}", *steps_overrides(args.task_steps, warmup_div=20)]
-    teacher_hf = export_teacher(out)
+    teacher_hf = export_hf(out, "teacher", "teacher_hf")
     run("bitnet_sft", ["quant.norm=none", f"init_from={out / 'teacher' / 'checkpoints' / 'last.ckpt'}", *task])
     # the full-precision control: the teacher trained on as the students are (FP16-SFT at their step count)
     run("fp_sft", ["quant=fp", f"init_from={out / 'teacher' / 'checkpoints' / 'last.ckpt'}", *task])
     # stage optimizers: distill_tiny's (AdamW, cosine, weight decay 0.01) at --task-lr
-    distill = ["+experiment=distill_tiny", f"distill.teacher={teacher_hf}", "data.tokenizer=null",
+    distill = ["+experiment=distill_tiny", "data.tokenizer=null",
                f"distill.stage2.tokens={args.stage2_steps * 8 * 256}", f"distill.stage2.data.files={paths['corpus']}",
                f"distill.stage2.optim.lr={args.task_lr}",
                f"distill.stage3.steps={args.task_steps}", f"distill.stage3.data.files={paths['task']}",
@@ -129,7 +141,20 @@ def train_all(args: argparse.Namespace, paths: dict[str, Path]) -> None:
                f"trainer.val_check_interval={args.task_steps}",
                f"callbacks.checkpoint.every_n_train_steps={args.task_steps}"]
     for name in args.students:
-        run(name, [*distill, *STUDENTS[name]])
+        run(name, [*distill, f"distill.teacher={teacher_hf}", *STUDENTS[name]])
+    if not args.base_runs:
+        return
+    base = out / "teacher_pretrain" / "checkpoints" / "last.ckpt"
+    base_runs = {
+        "fp_sft_base": lambda: run("fp_sft_base", ["quant=fp", f"init_from={base}", *task]),
+        "bitnet_sft_base": lambda: run("bitnet_sft_base", ["quant.norm=none", f"init_from={base}", *task]),
+    }
+    from_base = [*distill, f"distill.teacher={export_hf(out, 'fp_sft', 'fp_sft_hf')}",
+                 f"distill.student_init={export_hf(out, 'teacher_pretrain', 'base_hf')}"]
+    base_runs["bitdistill_base"] = lambda: run("bitdistill_base", from_base)
+    base_runs["no_relation_base"] = lambda: run("no_relation_base", [*from_base, *STUDENTS["no_relation"]])
+    for name in args.base_runs:
+        base_runs[name]()
 
 
 def evaluate_all(args: argparse.Namespace, paths: dict[str, Path]) -> dict[str, dict]:
@@ -137,7 +162,7 @@ def evaluate_all(args: argparse.Namespace, paths: dict[str, Path]) -> dict[str, 
 
     out = Path(args.out)
     reports = {}
-    for name in ["teacher_pretrain", "teacher", "fp_sft", "bitnet_sft", *args.students]:
+    for name in ["teacher_pretrain", "teacher", "fp_sft", "bitnet_sft", *args.students, *args.base_runs]:
         path = out / "eval" / f"{name}.json"
         if not (out / name / "metrics.json").is_file():
             continue
@@ -173,12 +198,12 @@ def stage_perplexities(args: argparse.Namespace, paths: dict[str, Path]) -> dict
 
 
 def stage_table(perplexities: dict[str, dict[int, float]], reports: dict[str, dict]) -> str:
-    lines = ["| new norms' gains | after stage 1 | after stage 2 | after stage 3 | accuracy after stage 3 |",
-             "|---|---|---|---|---|"]
+    lines = ["| run | new norms' gains | after stage 1 | after stage 2 | after stage 3 | accuracy after stage 3 |",
+             "|---|---|---|---|---|---|"]
     for name, ppl in perplexities.items():
         init = "at 1 (`norm_init=ones`)" if name == "bitdistill_ones" else "calibrated (`norm_init=calibrated`)"
         final = reports[name]
-        lines.append(f"| {init} | {ppl[1]:.1f} | {ppl[2]:.1f} | {final['perplexity']['perplexity']:.1f} | "
+        lines.append(f"| {name} | {init} | {ppl[1]:.1f} | {ppl[2]:.1f} | {final['perplexity']['perplexity']:.1f} | "
                      f"{final['tasks']['austen_novel']['acc']:.3f} |")
     return "\n".join(lines)
 
@@ -200,15 +225,18 @@ def table(args: argparse.Namespace, reports: dict[str, dict]) -> str:
         ppl = report["perplexity"]["perplexity"]
         lines.append(f"| {LABELS[name]} | {acc['acc']:.3f} | {acc['acc_norm']:.3f} | {ppl:.1f} | "
                      f"{train_seconds(out / name) / 60:.1f} min |")
-    teacher, sft, bd = (reports.get(k, {}).get("tasks", {}).get("austen_novel", {}).get("acc")
-                        for k in ("teacher", "bitnet_sft", "bitdistill"))
-    if None not in (teacher, sft, bd):
+    for teacher_run, sft_run, bd_run in (("teacher", "bitnet_sft", "bitdistill"),
+                                         ("fp_sft", "bitnet_sft_base", "bitdistill_base")):
+        teacher, sft, bd = (reports.get(k, {}).get("tasks", {}).get("austen_novel", {}).get("acc")
+                            for k in (teacher_run, sft_run, bd_run))
+        if None in (teacher, sft, bd):
+            continue
         if teacher > sft:
-            lines += ["", f"Share of the BitNet-SFT -> teacher accuracy gap that BitDistill closes: "
+            lines += ["", f"Share of the {sft_run} -> {teacher_run} (teacher) accuracy gap that {bd_run} closes: "
                           f"{(bd - sft) / (teacher - sft):+.0%} (goal: at least +50%)."]
         else:
-            lines += ["", f"No gap to close: BitNet-SFT ({sft:.3f}) is not below the teacher ({teacher:.3f}); "
-                          f"BitDistill is {bd - sft:+.3f} from BitNet-SFT."]
+            lines += ["", f"No gap to close: {sft_run} ({sft:.3f}) is not below the teacher {teacher_run} "
+                          f"({teacher:.3f}); {bd_run} is {bd - sft:+.3f} from {sft_run}."]
     return "\n".join(lines)
 
 
@@ -224,6 +252,8 @@ def main() -> None:
     p.add_argument("--task-lr", type=float, default=2e-3)
     p.add_argument("--stage2-steps", type=int, default=150, help="BitDistill stage 2 steps (8 x 256 tokens)")
     p.add_argument("--students", nargs="+", default=list(STUDENTS), choices=list(STUDENTS))
+    p.add_argument("--base-runs", nargs="*", default=list(BASE_RUNS), choices=list(BASE_RUNS),
+                   help="the paper's setting: rows from the pretrained base, teacher fp_sft (none: --base-runs)")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--force", action="store_true")

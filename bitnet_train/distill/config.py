@@ -189,6 +189,10 @@ class BitDistillConfig:
     student: str = "teacher"
     """teacher: stage 1 copies the teacher's shape and weights (BitDistill); config: a fresh student shaped by
     the `model` section (its vocabulary must match the teacher's)."""
+    student_init: str | None = None
+    """With student=teacher: a transformers folder (or hub id) of the teacher's architecture and shape whose
+    weights the student starts from instead of the teacher's. The paper's setting: the student is the
+    off-the-shelf base model and the teacher is that model fine-tuned on the task (FP16-SFT)."""
     norms: str = "subln"
     """Extra RMSNorms of the student (start at 1): subln (paper: before o_proj and down_proj), all_linear (the
     reference code's "allnorm": before every quantized linear) or none. Sets quant.norm."""
@@ -212,6 +216,13 @@ class BitDistillConfig:
             raise ConfigError(f"distill.teacher={self.teacher!r} must be a folder path or a hub id")
         _choice(s, "teacher_dtype", self.teacher_dtype, ("auto", "float32", "bfloat16", "float16"))
         _choice(s, "student", self.student, ("teacher", "config"))
+        if self.student_init is not None:
+            if not isinstance(self.student_init, str) or not self.student_init.strip():
+                raise ConfigError(f"distill.student_init={self.student_init!r} must be a model folder or a hub id "
+                                  "(or null: the student starts from the teacher's weights)")
+            if self.student != "teacher":
+                raise ConfigError("distill.student_init gives the weights of a student shaped like the teacher; it "
+                                  "needs distill.student=teacher (a student=config student starts fresh)")
         _choice(s, "norms", self.norms, ("subln", "all_linear", "none"))
         _choice(s, "norm_init", self.norm_init, ("calibrated", "ones"))
         if not isinstance(self.stage2, ContinualStageConfig):

@@ -20,8 +20,10 @@ student is NOT the teacher (it is only with distill.norms=none). `load_teacher_w
 to 1 (the reference code's initialization); `calibrate_new_norms` instead fits each gain on a few
 batches so that the unquantized student reproduces the teacher as closely as a norm can: an RMSNorm
 cannot be undone exactly (the per-token RMS varies), so each channel's gain is the least-squares fit of
-the teacher's input by the normalized input. With `distill.student=config` the student is instead a
-fresh model shaped by `model`.
+the teacher's input by the normalized input. With `distill.student_init=FOLDER` the weights come from that model instead
+(the paper's setting: the off-the-shelf base model the teacher was fine-tuned from; same architecture and
+shape, checked by `check_student_init`); calibration then preserves that model's function. With
+`distill.student=config` the student is instead a fresh model shaped by `model`.
 """
 
 from __future__ import annotations
@@ -48,6 +50,16 @@ def student_model_config(teacher: Teacher, distill: BitDistillConfig, model: Mod
         raise ConfigError(f"model.vocab_size={model.vocab_size} differs from the teacher's vocabulary ({vocab}); "
                           "logit distillation needs the same vocabulary: set model.vocab_size=null")
     return dataclasses.replace(model, vocab_size=vocab)
+
+
+def check_student_init(init_config, teacher_config, source: str) -> None:
+    """distill.student_init must be a model the student's shape (the teacher's) mirrors; else a ConfigError."""
+    ours, theirs = model_config_from_hf(init_config), model_config_from_hf(teacher_config)
+    if ours != theirs:
+        diff = {f.name: (getattr(ours, f.name), getattr(theirs, f.name)) for f in dataclasses.fields(ours)
+                if getattr(ours, f.name) != getattr(theirs, f.name)}
+        raise ConfigError(f"distill.student_init={source!r} is not shaped like the teacher (student_init vs teacher: "
+                          f"{diff}); give the model the teacher was fine-tuned from, or student_init=null")
 
 
 @torch.no_grad()

@@ -258,56 +258,59 @@ def _fingerprint(path: Path | None, source: str, config: Any) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def teacher_location(cfg: BitDistillConfig) -> tuple[str, Path | None]:
-    """(what to pass to from_pretrained, the local folder or None for a hub id), or ConfigError."""
-    spec = cfg.teacher
+def teacher_location(cfg: BitDistillConfig, key: str = "teacher") -> tuple[str, Path | None]:
+    """(what to pass to from_pretrained, the local folder or None for a hub id), or ConfigError; `key` names
+    the setting that holds it (teacher, or student_init: the student's starting weights)."""
+    spec = getattr(cfg, key)
     path = Path(spec).expanduser()
     if path.exists():
         if not path.is_dir():
             hint = " (a GGUF file: turn it into a folder with tools/gguf_to_hf.py)" if path.suffix == ".gguf" else ""
-            raise ConfigError(f"distill.teacher={spec!r} is a file, not a model folder{hint}; give the folder "
+            raise ConfigError(f"distill.{key}={spec!r} is a file, not a model folder{hint}; give the folder "
                               "holding config.json and the weights")
         if not (path / "config.json").is_file():
-            raise ConfigError(f"distill.teacher={spec!r} is not a transformers model folder (no config.json); give "
+            raise ConfigError(f"distill.{key}={spec!r} is not a transformers model folder (no config.json); give "
                               "the folder written by save_pretrained (tools/gguf_to_hf.py converts a GGUF file)")
         if not any(p.name.endswith(_WEIGHT_SUFFIXES) for p in path.iterdir()):
-            raise ConfigError(f"distill.teacher={spec!r} has a config.json but no weights (*.safetensors or *.bin)")
+            raise ConfigError(f"distill.{key}={spec!r} has a config.json but no weights (*.safetensors or *.bin)")
         return str(path), path
     if not _HUB_ID.match(spec):
-        raise ConfigError(f"distill.teacher={spec!r} does not exist; give the teacher model's folder "
+        raise ConfigError(f"distill.{key}={spec!r} does not exist; give the model's folder "
                           "(or a hub id such as Qwen/Qwen3-0.6B when online)")
     from bitnet_train.data.sources import _hub_reachable, _offline_mode
 
     if not _offline_mode() and not _hub_reachable():
-        raise ConfigError(f"distill.teacher={spec!r} is not a local folder and the Hugging Face Hub cannot be "
+        raise ConfigError(f"distill.{key}={spec!r} is not a local folder and the Hugging Face Hub cannot be "
                           "reached; download the model to a folder and pass its path")
     return spec, None
 
 
-def load_teacher(cfg: BitDistillConfig) -> Teacher:
-    """The frozen teacher that `cfg.teacher` names, on CPU (move it with `.to(device)`)."""
+def load_teacher(cfg: BitDistillConfig, key: str = "teacher") -> Teacher:
+    """The frozen teacher that `cfg.teacher` names, on CPU (move it with `.to(device)`); key="student_init"
+    loads the student's starting weights the same way."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    source, folder = teacher_location(cfg)
+    source, folder = teacher_location(cfg, key)
+    spec = getattr(cfg, key)
     local = folder is not None
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=cfg.trust_remote_code, local_files_only=local)
     except Exception as err:  # transformers raises ValueError, OSError, KeyError... for bad or remote configs
         text = str(err)
         if "trust_remote_code" in text:
-            raise ConfigError(f"distill.teacher={cfg.teacher!r} needs its own modelling code; set "
+            raise ConfigError(f"distill.{key}={spec!r} needs its own modelling code; set "
                               "distill.trust_remote_code=true if you trust that folder") from None
-        raise ConfigError(f"distill.teacher={cfg.teacher!r}: transformers cannot read its config "
+        raise ConfigError(f"distill.{key}={spec!r}: transformers cannot read its config "
                           f"({_first_line(err)})") from None
     try:
         model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=_dtype(cfg.teacher_dtype),
                                                      trust_remote_code=cfg.trust_remote_code,
                                                      local_files_only=local)
     except Exception as err:
-        raise ConfigError(f"distill.teacher={cfg.teacher!r} could not be loaded as a causal LM "
+        raise ConfigError(f"distill.{key}={spec!r} could not be loaded as a causal LM "
                           f"({_first_line(err)})") from None
     teacher = Teacher(model, source, _fingerprint(folder, source, config))
-    log.info("teacher: %s (%s, %s layers, %.1fM parameters, %s)", source, config.model_type,
+    log.info("%s: %s (%s, %s layers, %.1fM parameters, %s)", key, source, config.model_type,
              getattr(config, "num_hidden_layers", "?"),
              sum(p.numel() for p in model.parameters()) / 1e6, next(model.parameters()).dtype)
     return teacher

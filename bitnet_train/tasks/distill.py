@@ -26,6 +26,7 @@ is tokenized, and the data before any training step.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import itertools
 import logging
@@ -45,7 +46,8 @@ from bitnet_train.distill.config import BitDistillConfig
 from bitnet_train.distill.data import DistillDataModule
 from bitnet_train.distill.evaluate import validation_loss
 from bitnet_train.distill.logit_cache import TeacherLogitCache
-from bitnet_train.distill.student import calibrate_new_norms, load_teacher_weights, student_model_config
+from bitnet_train.distill.student import (calibrate_new_norms, check_student_init, load_teacher_weights,
+                                          student_model_config)
 from bitnet_train.distill.teacher import Teacher, load_teacher, relation_pairs
 from bitnet_train.evaluate.callback import evaluation_metrics
 from bitnet_train.lit.callbacks.stage import StageCallback
@@ -114,8 +116,8 @@ def read_settings(cfg: DictConfig) -> Settings:
                           "distill.norms (the distillation experiments set quant.norm from it)")
     from_mapping(DataConfig, "data", cfg.data)
     if cfg.get("init_from"):
-        raise ConfigError("init_from does not apply to distillation: the student starts from distill.teacher; "
-                          "set init_from=null")
+        raise ConfigError("init_from does not apply to distillation: the student starts from distill.teacher "
+                          "(or distill.student_init, a transformers folder); set init_from=null")
     schedule = from_mapping(ScheduleConfig, "schedule", cfg.get("schedule"))
     check_schedule(schedule, quant)
     if schedule.active and distill.stage2.tokens == 0:
@@ -248,6 +250,11 @@ class DistillationRun:
         self.teacher = load_teacher(self.distill)
         self._local_tokenizer()
         self.student_cfg = student_model_config(self.teacher, self.distill, settings.model)
+        self.student_init: dict[str, torch.Tensor] | None = None  # distill.student_init's weights, for stage 1
+        if self.distill.student_init and self.resume_stage == 0:
+            init = load_teacher(dataclasses.replace(self.distill, teacher_dtype="float32"), key="student_init")
+            check_student_init(init.config, self.teacher.config, init.source)
+            self.student_init = init.model.state_dict()
         self.student = self.build(settings.optim2)
         if self.kd.attention_weight > 0 and (self.kd.steps is None or self.kd.steps > 0):
             relation_pairs(self.teacher.model, self.student.model, self.kd.attention)  # layers, relation heads
@@ -316,15 +323,19 @@ class DistillationRun:
         """Teacher weights into the ternary student (or a stage-1/2/3 checkpoint's weights when resuming)."""
         student, distill = self.student, self.distill
         if self.resume_stage == 0:
-            log.info("stage 1/3 %s: %s", STAGES[1][0], "teacher weights into the ternary student"
-                     if distill.student == "teacher" else "a fresh student shaped by `model`")
-            new_norms = load_teacher_weights(student.model, self.teacher.model.state_dict()) \
-                if distill.student == "teacher" else []
+            origin = "a fresh student shaped by `model`" if distill.student == "config" else \
+                f"{distill.student_init} weights into the ternary student" if distill.student_init else \
+                "teacher weights into the ternary student"
+            log.info("stage 1/3 %s: %s", STAGES[1][0], origin)
+            weights = self.student_init if self.student_init is not None else self.teacher.model.state_dict()
+            new_norms = load_teacher_weights(student.model, weights) if distill.student == "teacher" else []
+            self.student_init = None
             residuals = self._calibrate(student) if new_norms and distill.norm_init == "calibrated" else {}
             path = self.out_dir / STAGES[1][1] / STAGE1_FILE
             atomic_torch_save({"state_dict": student.state_dict(), "hyper_parameters": dict(student.hparams),
                                "distill": {"stage": 1, "name": STAGES[1][0]}}, path)
-            self.metrics["stage1"] = {"checkpoint": str(path), "new_norms": len(new_norms),
+            self.metrics["stage1"] = {"checkpoint": str(path), "weights_from": distill.student_init or "teacher"
+                                      if distill.student == "teacher" else None, "new_norms": len(new_norms),
                                       "norm_init": distill.norm_init if new_norms else None}
             if residuals:
                 self.metrics["stage1"]["norm_residual_mean"] = sum(residuals.values()) / len(residuals)

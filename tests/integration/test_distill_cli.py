@@ -275,6 +275,30 @@ def subprocess_result():
     return subprocess.CompletedProcess(["scontrol"], 0, "", "")
 
 
+def test_student_starts_from_student_init(teacher, data_cache, tmp_path):
+    """distill.student_init: the stage-1 student holds that model's weights (the base the teacher was fine-tuned
+    from, in the paper), not the teacher's; with calibrated norms the unquantized student computes that model."""
+    from safetensors.torch import load_file
+
+    from bitnet_train.models.hf import from_hf_state_dict
+
+    base = make_teacher(tmp_path / "base", "qwen2", seed=7)
+    out = tmp_path / "run"
+    metrics = _in_process(_args(teacher, data_cache, out), out, f"distill.student_init={base}",
+                          "distill.stage2.tokens=0", "distill.stage3.steps=1", "distill.eval_stages=false")
+    assert metrics["stage1"]["weights_from"] == str(base) and metrics["stage1"]["new_norms"] > 0
+    student = torch.load(out / "stage1_refine" / "student.ckpt", weights_only=False)["state_dict"]
+    expected = from_hf_state_dict(load_file(base / "model.safetensors"))
+    teacher_weights = from_hf_state_dict(load_file(teacher / "model.safetensors"))
+    compared = 0
+    for name, tensor in expected.items():
+        if f"model.{name}" in student:
+            assert torch.equal(student[f"model.{name}"], tensor), name
+            assert not torch.equal(student[f"model.{name}"], teacher_weights[name]), name
+            compared += 1
+    assert compared == len(expected)
+
+
 def test_distill_settings_that_do_not_fit(teacher, data_cache, tmp_path):
     from bitnet_train.config import ConfigError
 
@@ -286,5 +310,12 @@ def test_distill_settings_that_do_not_fit(teacher, data_cache, tmp_path):
                     "distill.stage2.tokens=0")
     with pytest.raises(ConfigError, match="init_from does not apply"):
         _in_process(args, tmp_path / "x", f"init_from={teacher}")
+    wider = make_teacher(tmp_path / "wider", "qwen2", intermediate_size=96)
+    with pytest.raises(ConfigError, match=r"distill\.student_init=.* is not shaped like the teacher .*intermediate_size"):
+        _in_process(args, tmp_path / "x", f"distill.student_init={wider}")
+    with pytest.raises(ConfigError, match="needs distill.student=teacher"):
+        _in_process(args, tmp_path / "x", f"distill.student_init={teacher}", "distill.student=config")
+    with pytest.raises(ConfigError, match=r"distill\.student_init=.* does not exist"):
+        _in_process(args, tmp_path / "x", f"distill.student_init={tmp_path / 'nowhere'}")
     with pytest.raises(ConfigError, match=r"quant\.norm='all_linear' differs from distill\.norms='subln'"):
         _in_process(args, tmp_path / "x", "quant.norm=all_linear")
