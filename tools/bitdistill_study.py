@@ -3,6 +3,8 @@ fine-tuned on it, and ternary students, laid out like the paper's main and ablat
 
     python tools/bitdistill_study.py                       # every run below, then the tables
     python tools/bitdistill_study.py --analyze-only        # the tables from finished runs
+    python tools/bitdistill_study.py --students --base-runs bitnet_sft_base bitdistill_base fp_sft_base
+                                                           # only the paper's setting (and the teacher it needs)
 
 The task: which of the six Austen novels a passage comes from (the evaluator's `austen_novel`: 300
 balanced test passages from the last 20% of each novel). Everything trained here sees only the first
@@ -126,10 +128,12 @@ def train_all(args: argparse.Namespace, paths: dict[str, Path]) -> None:
                     *task_data(paths), f"optim.lr={args.task_lr}",
                     *steps_overrides(args.teacher_task_steps, warmup_div=20, val_every=200)])
     task = [*task_data(paths), f"optim.lr={args.task_lr}", *steps_overrides(args.task_steps, warmup_div=20)]
-    teacher_hf = export_hf(out, "teacher", "teacher_hf")
-    run("bitnet_sft", ["quant.norm=none", f"init_from={out / 'teacher' / 'checkpoints' / 'last.ckpt'}", *task])
-    # the full-precision control: the teacher trained on as the students are (FP16-SFT at their step count)
+    # the full-precision control: the teacher trained on as the students are (FP16-SFT at their step count);
+    # the teacher of the paper's-setting rows
     run("fp_sft", ["quant=fp", f"init_from={out / 'teacher' / 'checkpoints' / 'last.ckpt'}", *task])
+    if args.students:  # the rows from the fine-tuned teacher's weights: BitNet-SFT and the distilled students
+        teacher_hf = export_hf(out, "teacher", "teacher_hf")
+        run("bitnet_sft", ["quant.norm=none", f"init_from={out / 'teacher' / 'checkpoints' / 'last.ckpt'}", *task])
     # stage optimizers: distill_tiny's (AdamW, cosine, weight decay 0.01) at --task-lr
     distill = ["+experiment=distill_tiny", "data.tokenizer=null",
                f"distill.stage2.tokens={args.stage2_steps * 8 * 256}", f"distill.stage2.data.files={paths['corpus']}",
@@ -251,7 +255,8 @@ def main() -> None:
     p.add_argument("--task-steps", type=int, default=600, help="steps of every student's task stage (batch 8)")
     p.add_argument("--task-lr", type=float, default=2e-3)
     p.add_argument("--stage2-steps", type=int, default=150, help="BitDistill stage 2 steps (8 x 256 tokens)")
-    p.add_argument("--students", nargs="+", default=list(STUDENTS), choices=list(STUDENTS))
+    p.add_argument("--students", nargs="*", default=list(STUDENTS), choices=list(STUDENTS),
+                   help="the rows distilled from the fine-tuned teacher (none: --students)")
     p.add_argument("--base-runs", nargs="*", default=list(BASE_RUNS), choices=list(BASE_RUNS),
                    help="the paper's setting: rows from the pretrained base, teacher fp_sft (none: --base-runs)")
     p.add_argument("--seed", type=int, default=1234)
