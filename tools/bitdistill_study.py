@@ -20,7 +20,8 @@ Runs, each `python -m bitnet_train ...` in its own folder under --out:
                     exported to transformers (--out/teacher_hf) for the students' distillation;
   fp_sft            the full-precision control: the teacher fine-tuned --task-steps more, as the students are;
   bitnet_sft        the paper's BitNet-SFT baseline: the teacher's weights quantized to b1.58 (same
-                    network, no extra norms) and fine-tuned on the task the same way;
+                    network, no extra norms) and fine-tuned on the task the same way (run with the students:
+                    not with an empty --students);
   bitdistill        +experiment=distill_tiny from teacher_hf: stage 1 SubLN (gains calibrated), stage 2
                     continual pre-training on the corpus (--stage2-steps), stage 3 logit + attention-
                     relation distillation on the task (--task-steps; relations of the last layer);
