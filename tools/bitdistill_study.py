@@ -182,14 +182,16 @@ def evaluate_all(args: argparse.Namespace, paths: dict[str, Path]) -> dict[str, 
     return reports
 
 
-def stage_perplexities(args: argparse.Namespace, paths: dict[str, Path]) -> dict[str, dict[int, float]]:
-    """Held-out perplexity of each stage's checkpoint of the STAGED runs (stage 3's is the run's own report)."""
+def stage_perplexities(args: argparse.Namespace, paths: dict[str, Path],
+                       reports: dict[str, dict]) -> dict[str, dict[int, float]]:
+    """Held-out perplexity of each stage's checkpoint of the STAGED runs among `reports` (the rows asked for;
+    stage 3's is the run's own report)."""
     from bitnet_train.evaluate.__main__ import evaluate, parse_args
 
     out = Path(args.out)
     found = {}
     for name in STAGED:
-        if not (out / name / "metrics.json").is_file():
+        if name not in reports:
             continue
         found[name] = {}
         for stage, folder in STAGE_DIRS.items():
@@ -270,7 +272,7 @@ def main() -> None:
         train_all(args, paths)
     reports = evaluate_all(args, paths)
     text = table(args, reports) + "\n\nHeld-out perplexity after each stage:\n\n" + stage_table(
-        stage_perplexities(args, paths), reports)
+        stage_perplexities(args, paths, reports), reports)
     (Path(args.out) / "table.md").write_text(text + "\n")
     print(text)
 
