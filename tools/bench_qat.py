@@ -30,7 +30,9 @@ time, a cross-check on a busy machine), and memory. Memory on CPU:
 the worker's peak RSS (VmHWM) during the measured steps, after resetting the high-water mark
 when warmup ends, and its increase over the RSS right after the model and optimizer were built
 (params, grads, optimizer state, activations and allocator caching; for compiled variants also
-what compilation left resident). On CUDA: torch.cuda.max_memory_allocated.
+what compilation left resident). With --exact-rss the workers run with glibc's mmap threshold fixed
+(64 KiB), so that RSS follows the live tensors rather than the heap's cache of freed blocks (a
+memory-only run: its step times are slowed by page faults). On CUDA: torch.cuda.max_memory_allocated.
 
   .venv/bin/python tools/bench_qat.py                      # full run (tiny and d512, peers)
   .venv/bin/python tools/bench_qat.py --sizes tiny --no-compile --no-peers --steps 3 --rounds 2
@@ -66,6 +68,8 @@ SIZES = {
 OWN = ["fp", "fp_subln", "b158", "b158_nonorm", "b158_fakequant", "b158_unfused"]
 PEERS = ["bitlinear", "bitlinear_absmean", "onebitllms", "torchao"]
 VOCAB = 4096
+EXACT_RSS_MMAP_THRESHOLD = 64 * 1024
+"""--exact-rss: allocations from this size on are mmapped and unmapped when freed (glibc)."""
 BATCH, SEQ = 8, 256
 
 
@@ -224,9 +228,14 @@ class Worker:
         self.key = f"{spec['size']}/{spec['variant']}/{'compiled' if spec['compile'] else 'eager'}"
         self.log_path = log_dir / (self.key.replace("/", "_") + ".log")
         self.log = open(self.log_path, "w")
+        env = dict(os.environ)
+        if spec.get("exact_rss"):
+            # a fixed threshold also turns off glibc's dynamic one, which otherwise rises to 32 MiB and
+            # serves freed activations again from the heap, where they stay resident
+            env["MALLOC_MMAP_THRESHOLD_"] = str(EXACT_RSS_MMAP_THRESHOLD)
         self.proc = subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(spec)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
-                                     text=True, bufsize=1, cwd=str(ROOT))
+                                     text=True, bufsize=1, cwd=str(ROOT), env=env)
 
     def recv(self) -> dict:
         line = self.proc.stdout.readline()
@@ -294,7 +303,7 @@ def run_group(size: str, mode: str, variants: list[str], args, log_dir: Path) ->
     results, live = [], []
     for variant in variants:
         spec = {"size": size, "variant": variant, "compile": mode == "compiled", "device": args.device,
-                "threads": args.threads, "warmup": args.warmup}
+                "threads": args.threads, "warmup": args.warmup, "exact_rss": args.exact_rss}
         _log(f"[setup] {size} {mode} {variant} ...")
         w = Worker(spec, log_dir)
         msg = w.recv()
@@ -555,6 +564,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="what the step-time and tokens/s columns use: wall-clock time (default), or the process "
                         "CPU time per step (with --threads 1, nearly immune to other processes on a shared "
                         "machine, and then equal to the wall time a quiet machine would show)")
+    p.add_argument("--exact-rss", action="store_true",
+                   help="start the workers with glibc's mmap threshold fixed at 64 KiB (MALLOC_MMAP_THRESHOLD_), "
+                        "so that a freed tensor leaves the resident set at once and peak RSS follows the live "
+                        "tensors instead of what the allocator keeps cached; every large allocation then "
+                        "faults in fresh pages, so the step times of such a run are not comparable with a "
+                        "default run's (use it for the memory column)")
     p.add_argument("--json", default=None, metavar="OUT", help="write the raw numbers here")
     p.add_argument("--profile", default=None, metavar="VARIANT",
                    help="instead of the benchmark: torch.profiler of eager steps of fp and VARIANT on the first size")
@@ -605,9 +620,11 @@ def main(argv: list[str] | None = None) -> int:
                 if args.json:  # after every group, so that an interrupted run keeps what it measured
                     _write_json(args, info, results)
     table = fmt_table(results, args.device, args.metric)
+    exact = (f"; --exact-rss (MALLOC_MMAP_THRESHOLD_={EXACT_RSS_MMAP_THRESHOLD}: RSS follows the live tensors, "
+             "step times slowed by page faults)" if args.exact_rss and args.device == "cpu" else "")
     print(f"\nQAT step throughput: batch {BATCH} x seq {SEQ} = {BATCH * SEQ} tokens/step, vocab {VOCAB}, "
           f"{args.threads} threads, {args.device}, torch {info['torch']}; "
-          f"{args.rounds} rounds x {args.steps} steps, medians of {args.metric} time\n")
+          f"{args.rounds} rounds x {args.steps} steps, medians of {args.metric} time{exact}\n")
     print(table)
     notes = [r for r in results if "describe" in r]
     print("\nvariants:")

@@ -94,7 +94,7 @@ def _code_product(x2: torch.Tensor, w_codes: torch.Tensor, inv: torch.Tensor, bi
     acc = code_matmul(x_codes, w_codes)
     dev = x2.device.type
     dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x2.dtype
-    y = (acc / (s * inv)).to(dtype)
+    y = acc.div_(s * inv).to(dtype)  # acc is a fresh fp32 tensor: scaled in place, one pass
     if bias is not None:
         y = y + bias.to(dtype)
     return y, x_codes, s, dtype
@@ -118,10 +118,10 @@ class _IntBitLinear(torch.autograd.Function):
         g2 = grad.reshape(-1, grad.shape[-1]).to(ctx.dtype)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            w_q = (w_codes.float() / inv).to(ctx.dtype)
+            w_q = (w_codes / inv).to(ctx.dtype)  # int8 / fp32 computes in fp32: one pass, same values
             grad_x = (g2 @ w_q).reshape(ctx.shape).to(ctx.x_dtype)
         if ctx.needs_input_grad[1]:
-            x_q = (x_codes.float() / s).to(ctx.dtype)
+            x_q = (x_codes / s).to(ctx.dtype)
             grad_w = (g2.t() @ x_q).to(ctx.w_dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g2.sum(0).to(ctx.b_dtype)
@@ -157,12 +157,12 @@ class _NormIntBitLinear(torch.autograd.Function):
         g2 = grad.reshape(-1, grad.shape[-1]).to(ctx.dtype)
         grad_x = grad_gain = grad_w = grad_b = None
         if ctx.needs_input_grad[3]:
-            x_q = (x_codes.float() / s).to(ctx.dtype)
+            x_q = (x_codes / s).to(ctx.dtype)
             grad_w = (g2.t() @ x_q).to(ctx.w_dtype)
         if ctx.has_bias and ctx.needs_input_grad[4]:
             grad_b = g2.sum(0).to(ctx.b_dtype)
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            w_q = (w_codes.float() / inv).to(ctx.dtype)
+            w_q = (w_codes / inv).to(ctx.dtype)
             grad_h = (g2 @ w_q).to(ctx.h_dtype)
             x2 = x.reshape(-1, x.shape[-1]).float()
             xn = x2 * rstd
