@@ -133,9 +133,10 @@ class QuantConfig:
     kv_bits: int | None = None
     """Quantize attention keys (after RoPE) and values per head and token to this many bits (absmax),
     in training, evaluation and the KV cache; None keeps them in full precision."""
-    int_matmul: str = "off"
-    """auto: fully quantized int8-absmax layers multiply int8 x ternary codes with int32 accumulation
-    (quant/int_forward.py); off: always the fake-quant float matmul."""
+    int_matmul: str = "auto"
+    """auto (default): fully quantized int8-absmax layers multiply int8 x ternary codes with int32
+    accumulation (quant/int_forward.py; equal to the fake-quant forward to 1e-5 of max|y| in fp32);
+    off: always the fake-quant float matmul, bit-exact with transformers' BitNet."""
 
     def __post_init__(self) -> None:
         s = "quant"

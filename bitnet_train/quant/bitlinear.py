@@ -19,7 +19,7 @@ is the 8-bit first stage of two-stage training (int8_absmax whatever the scheme)
 makes it BitNet v2's H-BitLinear: after the input norm the activation is rotated by the normalized
 Hadamard transform (quant/hadamard.py; 0 = no rotation), as architecture, at every lambda.
 
-Integer forward (quant/int_forward.py): with `int_matmul = "auto"` (opt-in; "off" is the default), a layer at both
+Integer forward (quant/int_forward.py): with `int_matmul = "auto"` (the default; "off" falls back), a layer at both
 lambdas 1 whose activation quantizer is the b1.58 int8 absmax multiplies int8 activation codes by
 the ternary weight codes with int32 accumulation, and backward stays straight-through in the float
 dtype; its weight codes are computed once per optimizer step (cached on the weight's version). The
@@ -61,7 +61,7 @@ class BitLinear(nn.Linear):
         activation_lambda: float = 1.0,
         activation_scheme: str | None = None,
         hadamard_block: int = 0,
-        int_matmul: str = "off",
+        int_matmul: str = "auto",
         device=None,
         dtype=None,
     ) -> None:

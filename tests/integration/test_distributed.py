@@ -32,9 +32,12 @@ pytestmark = pytest.mark.slow
 # The relu^2 FFN (BitNet b1.58's), unit sub-norm gains and lr 1.5e-3: with the SiLU default, FSDP2's final
 # weights differ from one process's by ~1e-4 after 4 steps, enough to flip ternary codes (logits then differ
 # by ~1.5e-2), and with the newer defaults (gains 0.05, lr 3e-3) FSDP2 and both ZeRO stages exceed the
-# tolerances below; not yet understood, so the parity is checked where it was established.
+# tolerances below; not yet understood, so the parity is checked where it was established. The fake-quant
+# forward (quant.int_matmul=off) in every process: FSDP2's DTensor weights run it whatever the setting, so
+# with the integer-forward default one process and FSDP2 compute two forwards (measured: validation loss
+# 2.1e-5 apart relative after 4 steps, ZeRO-2 and ZeRO-3 the same; DDP stayed within the tolerances).
 BASE = [o for o in SMALL if not o.startswith("data.batch_size")] + [
-    "model.hidden_act=relu2", "quant.norm_gain_init=1.0", "optim.lr=1.5e-3",
+    "model.hidden_act=relu2", "quant.norm_gain_init=1.0", "optim.lr=1.5e-3", "quant.int_matmul=off",
     "trainer.max_steps=4", "trainer.val_check_interval=2", "callbacks.checkpoint.every_n_train_steps=2",
     "callbacks.checkpoint.save_top_k=-1", "callbacks.quant_stats.every_n_steps=2"]
 KIND = {"ddp": "file", "fsdp2": "fsdp2", "deepspeed_zero2": "deepspeed", "deepspeed_zero3": "deepspeed"}
