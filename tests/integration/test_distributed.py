@@ -43,12 +43,17 @@ BASE = [o for o in SMALL if not o.startswith("data.batch_size")] + [
 KIND = {"ddp": "file", "fsdp2": "fsdp2", "deepspeed_zero2": "deepspeed", "deepspeed_zero3": "deepspeed"}
 # each case: (strategy, its extra settings); fsdp2_codes all-gathers ternary codes (parallel/ternary_gather.py)
 CASES = {name: (name, []) for name in KIND} | {"fsdp2_codes": ("fsdp2", ["strategy.gather=codes"])}
-# final weights and logits after 4 steps. fsdp2_codes takes each scale as a sum of shard sums (another order
-# than one process's mean, up to 1 ulp apart). Losses still agree to TOL and resume is exact, but weights
-# end up to ~2e-3 apart (about one step of lr 1.5e-3; measured 1.9e-3 on the head, 4e-4 elsewhere). Likely
-# cause, not verified: an activation on an int8 rounding boundary takes the neighbouring code, and AdamW's
-# normalized steps carry the difference on.
-FINAL_TOL = {"fsdp2_codes": (dict(rtol=0, atol=5e-3), dict(rtol=0, atol=5e-2))}
+# Final weights and logits after 4 steps, every strategy. Element by element they drift further apart than
+# the losses, for two reasons. Where an element's gradient is near 0 in both runs (rows of the tied embedding
+# for tokens absent from the batches), another reduction order can give it the other sign, and AdamW's
+# normalized step then moves it by about lr (1.5e-3) the other way: measured 1.9e-3 on the embedding for
+# deepspeed_zero2 and zero3, 0.22% of all elements beyond TOL. And an int8 activation code on a rounding
+# boundary takes its neighbour: fsdp2's weights stay within 6e-6 of one process's, its logits move by up to
+# 2.3e-3 (zero2/zero3: 2.6e-2, mean 2.2e-3). fsdp2_codes also takes each scale as a sum of shard sums (up to
+# 1 ulp from one process's mean). A consolidation that put any shard in the wrong place would be off by the
+# weights themselves (~5e-2) nearly everywhere. So: every weight within FINAL_ATOL, at most FINAL_FRACTION of
+# the elements beyond TOL, logits within LOGIT_ATOL and on average within LOGIT_MEAN.
+FINAL_ATOL, FINAL_FRACTION, LOGIT_ATOL, LOGIT_MEAN = 5e-3, 0.01, 5e-2, 5e-3
 TOL = dict(rtol=2e-5, atol=2e-5)
 
 
@@ -156,13 +161,18 @@ def test_two_processes_match_one_resume_and_consolidate(case, reference, tmp_pat
                                                      weights_only=False)
     state, ref_state = module.state_dict(), ref_module.state_dict()
     assert set(state) == set(ref_state)
-    weight_tol, logit_tol = FINAL_TOL.get(case, (TOL, dict(rtol=1e-4, atol=1e-4)))
+    beyond = total = 0
     for key in ref_state:
-        torch.testing.assert_close(state[key], ref_state[key], **weight_tol, msg=key)
+        torch.testing.assert_close(state[key], ref_state[key], rtol=0, atol=FINAL_ATOL, msg=key)
+        far = ~torch.isclose(state[key], ref_state[key], **TOL)
+        beyond, total = beyond + int(far.sum()), total + far.numel()
+    assert beyond <= FINAL_FRACTION * total, (beyond, total)
     logits, ref_logits = _logits(module), _logits(ref_module)
-    torch.testing.assert_close(logits, ref_logits, **logit_tol)
+    torch.testing.assert_close(logits, ref_logits, rtol=0, atol=LOGIT_ATOL)
+    assert (logits - ref_logits).abs().mean() <= LOGIT_MEAN
     untrained = PretrainModule(ref_module.hparams["model"], ref_module.hparams["quant"], ref_module.hparams["optim"])
-    assert (_logits(untrained) - ref_logits).abs().max() > 1e-3  # not vacuous: training moved the logits
+    # not vacuous: training moved the logits by far more than the tolerances
+    assert (_logits(untrained) - ref_logits).abs().mean() > 10 * LOGIT_MEAN
 
     # and it exports: transformers' BitNet with these weights computes our logits (the consolidated
     # format is the same for every kind; checked once, on the most sharded one)
