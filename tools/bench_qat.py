@@ -180,6 +180,9 @@ def worker_main(spec: dict) -> None:
         proto.flush()
 
     try:
+        if spec.get("code_kernel"):
+            from bitnet_train.quant import code_matmul
+            code_matmul.set_cpu_kernel(spec["code_kernel"])
         runner = Runner(spec["size"], spec["variant"], spec["compile"], spec["device"], spec["threads"])
         base = runner.memory()
         if runner.device.type == "cuda":
@@ -303,7 +306,8 @@ def run_group(size: str, mode: str, variants: list[str], args, log_dir: Path) ->
     results, live = [], []
     for variant in variants:
         spec = {"size": size, "variant": variant, "compile": mode == "compiled", "device": args.device,
-                "threads": args.threads, "warmup": args.warmup, "exact_rss": args.exact_rss}
+                "threads": args.threads, "warmup": args.warmup, "exact_rss": args.exact_rss,
+                "code_kernel": args.code_kernel}
         _log(f"[setup] {size} {mode} {variant} ...")
         w = Worker(spec, log_dir)
         msg = w.recv()
@@ -399,7 +403,22 @@ def machine_info(args) -> dict:
                 break
     except OSError:
         pass
+    from bitnet_train.quant import code_matmul
+
+    flags = set()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    int8_flags = sorted(f for f in flags if "vnni" in f or f.startswith("amx"))
+    if args.code_kernel:
+        code_matmul.set_cpu_kernel(args.code_kernel)
     info = {"python": platform.python_version(), "torch": torch.__version__, "cpu": cpu,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_int8_flags": int8_flags,
+            "cpu_code_kernel": code_matmul.cpu_kernel(),
             "cores": len(os.sched_getaffinity(0)), "threads": args.threads, "device": args.device,
             "platform": platform.platform()}
     if args.device == "cuda":
@@ -570,6 +589,9 @@ def main(argv: list[str] | None = None) -> int:
                         "tensors instead of what the allocator keeps cached; every large allocation then "
                         "faults in fresh pages, so the step times of such a run are not comparable with a "
                         "default run's (use it for the memory column)")
+    p.add_argument("--code-kernel", default=None, choices=["int_mm", "fbgemm", "float"],
+                   help="fix the CPU kernel of the integer forward's code product in every worker "
+                        "(bitnet_train/quant/code_matmul.py; default: each process measures and keeps the fastest)")
     p.add_argument("--json", default=None, metavar="OUT", help="write the raw numbers here")
     p.add_argument("--profile", default=None, metavar="VARIANT",
                    help="instead of the benchmark: torch.profiler of eager steps of fp and VARIANT on the first size")
@@ -624,7 +646,10 @@ def main(argv: list[str] | None = None) -> int:
              "step times slowed by page faults)" if args.exact_rss and args.device == "cpu" else "")
     print(f"\nQAT step throughput: batch {BATCH} x seq {SEQ} = {BATCH * SEQ} tokens/step, vocab {VOCAB}, "
           f"{args.threads} threads, {args.device}, torch {info['torch']}; "
-          f"{args.rounds} rounds x {args.steps} steps, medians of {args.metric} time{exact}\n")
+          f"{args.rounds} rounds x {args.steps} steps, medians of {args.metric} time{exact}")
+    print(f"CPU: {info['cpu']} ({info['cpu_capability']}; int8 dot-product flags: "
+          f"{', '.join(info['cpu_int8_flags']) or 'none'}); integer forward's code product on CPU: "
+          f"{info['cpu_code_kernel']}{' (fixed by --code-kernel)' if args.code_kernel else ' (measured fastest)'}\n")
     print(table)
     notes = [r for r in results if "describe" in r]
     print("\nvariants:")

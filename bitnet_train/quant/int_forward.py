@@ -4,9 +4,9 @@ At lambda 1 the fake-quant forward of BitNet b1.58 (quant/functional.py) is
     y = linear((codes_x / s).to(dtype), (codes_w / inv).to(dtype)) + b,
 with per-token s = 127 / max|x| and inv = 1 / gamma. The same product computed on the codes,
     y = (codes_x @ codes_w^T) / (s * inv) + b,
-accumulates exactly in int32 (`torch._int_mm`; a matmul of the codes in fp32 where `_int_mm` does
-not take the shapes: every partial sum is an integer below 2^24 for K < 132,000, so it is exact
-too) and rounds once in the epilogue. This is the "W1.58A8" matmul of the BitNet b1.58 papers and
+is an exact integer matrix (quant/code_matmul.py computes it on the fastest of `torch._int_mm`,
+FBGEMM's int8 GEMM and an fp32 GEMM of the codes, which all give the same numbers) and rounds once
+in the epilogue. This is the "W1.58A8" matmul of the BitNet b1.58 papers and
 of torchao's bitnet training prototype. The result differs from the fake-quant forward only by the
 float rounding of the latter (tests/unit/quant/test_int_forward.py states the tolerance).
 
@@ -39,7 +39,8 @@ from __future__ import annotations
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from bitnet_train.quant.functional import activation_scale, weight_scale
+from bitnet_train.quant.code_matmul import code_matmul, int_mm_takes  # noqa: F401 (int_mm_takes: re-exported)
+from bitnet_train.quant.functional import SCALE_EPS, weight_scale
 
 _OPTIMIZER_STEPS = [0]
 
@@ -50,29 +51,6 @@ def _count_step(optimizer, args, kwargs) -> None:
 
 register_optimizer_step_post_hook(_count_step)
 
-CODE_MATMUL_MAX_K = 132_000
-"""Largest inner size at which an fp32 matmul of int8 x ternary codes is exact (127 * K < 2^24)."""
-
-
-def int_mm_takes(m: int, k: int, n: int, device: torch.device) -> bool:
-    """Whether `torch._int_mm` accepts [m, k] x [k, n] on `device` (CUDA: m > 16, k >= 16, k and n
-    multiples of 8; CPU: any shape)."""
-    if device.type == "cuda":
-        return m > 16 and k >= 16 and k % 8 == 0 and n % 8 == 0
-    return device.type == "cpu"
-
-
-def code_matmul(a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
-    """Exact integer product a @ b_t^T of int8 [M, K] and int8 [N, K], as fp32 [M, N]."""
-    m, k = a.shape
-    n = b_t.shape[0]
-    if int_mm_takes(m, k, n, a.device):
-        return torch._int_mm(a, b_t.t()).float()
-    if k >= CODE_MATMUL_MAX_K:
-        raise ValueError(f"inner size {k} is too large for an exact fp32 code matmul (< {CODE_MATMUL_MAX_K})")
-    return a.float() @ b_t.float().t()
-
-
 @torch.no_grad()
 def ternary_weight_codes(w: torch.Tensor, method: str = "absmean") -> tuple[torch.Tensor, torch.Tensor]:
     """(int8 codes in {-1, 0, 1}, fp32 scalar inv = 1 / gamma) with the fake-quant path's arithmetic."""
@@ -80,23 +58,46 @@ def ternary_weight_codes(w: torch.Tensor, method: str = "absmean") -> tuple[torc
     return (w.detach().float() * inv).round_().clamp_(-1, 1).to(torch.int8), inv
 
 
+def _round_to_codes(t: torch.Tensor, in_place: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(int8 codes, fp32 per-token s, the codes as fp32) of fp32 [M, K] `t`; `in_place`: t is a fresh
+    tensor nothing else reads, and the fp32 codes overwrite it.
+
+    s = 127 / max|t| (clamped as `activation_scale` clamps it), codes = round(t * s): the fake-quant
+    arithmetic. max|t| is the inf-norm (one read, no |t| copy; a max is exact in any order), and the
+    clamp to [-128, 127] of the fake-quant path is left out because it never acts: |t * s| <= 127
+    up to two roundings, which round to 127."""
+    amax = torch.linalg.vector_norm(t, float("inf"), dim=-1, keepdim=True)
+    s = 127 / amax.clamp_(min=SCALE_EPS)
+    t = (t.mul_(s) if in_place else torch.mul(t, s)).round_()
+    return t.to(torch.int8), s, t
+
+
 @torch.no_grad()
 def int8_activation_codes(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(int8 codes [M, K], fp32 per-token s [M, 1]) of x2 [M, K], with the fake-quant arithmetic."""
     xf = x2.float()
-    s = activation_scale(xf, 8)
-    return (xf * s).round_().clamp_(-128, 127).to(torch.int8), s
+    codes, s, _ = _round_to_codes(xf, in_place=xf is not x2)
+    return codes, s
+
+
+def _epilogue(x_codes, s, x_float, w_codes, inv, bias, ref: torch.Tensor):
+    """y [M, N] = (x_codes @ w_codes^T) / (s * inv) + bias, in the autocast dtype or `ref`'s."""
+    acc = code_matmul(x_codes, w_codes, x_float)
+    dev = ref.device.type
+    dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else ref.dtype
+    # one pass: an int32 product converts exactly (|acc| < 2^24) and divides as float(acc) / (s * inv)
+    y = torch.div(acc, s * inv) if acc.dtype != torch.float32 else acc.div_(s * inv)
+    y = y.to(dtype)
+    if bias is not None:
+        y = y.add_(bias) if bias.dtype == dtype else y + bias.to(dtype)
+    return y, dtype
 
 
 def _code_product(x2: torch.Tensor, w_codes: torch.Tensor, inv: torch.Tensor, bias: torch.Tensor | None):
     """The integer forward of x2 [M, K]: (y [M, N] in the autocast or x2's dtype, x2's codes, s, that dtype)."""
-    x_codes, s = int8_activation_codes(x2)
-    acc = code_matmul(x_codes, w_codes)
-    dev = x2.device.type
-    dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x2.dtype
-    y = acc.div_(s * inv).to(dtype)  # acc is a fresh fp32 tensor: scaled in place, one pass
-    if bias is not None:
-        y = y + bias.to(dtype)
+    xf = x2.float()
+    x_codes, s, x_float = _round_to_codes(xf, in_place=xf is not x2)
+    y, dtype = _epilogue(x_codes, s, x_float, w_codes, inv, bias, x2)
     return y, x_codes, s, dtype
 
 
@@ -137,16 +138,29 @@ def int_bitlinear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return _IntBitLinear.apply(x, weight, bias, w_codes, inv)
 
 
+def _rms_norm_fp32(x2: torch.Tensor, gain: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h, rstd) of quant/norm.py's RMSNorm, op for op, with h a fresh tensor (fp32 for fp32 x2 and gain)."""
+    xf = x2.float()
+    sq = xf * xf  # == pow(2); its buffer then takes x * rstd
+    rstd = torch.rsqrt(sq.mean(-1, keepdim=True) + eps)
+    xn = torch.mul(xf, rstd, out=sq)
+    if x2.dtype == torch.float32 and gain.dtype == torch.float32:
+        return xn.mul_(gain), rstd  # gain * xn, in place (the same products)
+    return gain * xn.to(x2.dtype), rstd
+
+
 class _NormIntBitLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, gain, eps, weight, bias, w_codes, inv):  # noqa: D401
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
-        rstd = torch.rsqrt(x2.float().pow(2).mean(-1, keepdim=True) + eps)
-        h = gain * (x2.float() * rstd).to(x.dtype)  # quant/norm.py's RMSNorm, op for op
-        y, x_codes, s, dtype = _code_product(h, w_codes, inv, bias)
+        h, rstd = _rms_norm_fp32(x2, gain, eps)
+        h_dtype = h.dtype
+        # h is not needed again: it is quantized in its own buffer (its fp32 copy where h is not fp32)
+        x_codes, s, x_float = _round_to_codes(h.float(), in_place=True)
+        y, dtype = _epilogue(x_codes, s, x_float, w_codes, inv, bias, h)
         ctx.save_for_backward(x, rstd, gain, x_codes, s, w_codes, inv)
-        ctx.dtype, ctx.h_dtype, ctx.has_bias = dtype, h.dtype, bias is not None
+        ctx.dtype, ctx.h_dtype, ctx.has_bias = dtype, h_dtype, bias is not None
         ctx.w_dtype = weight.dtype
         ctx.b_dtype = bias.dtype if bias is not None else None
         return y.reshape(*shape[:-1], w_codes.shape[0])
@@ -163,14 +177,18 @@ class _NormIntBitLinear(torch.autograd.Function):
             grad_b = g2.sum(0).to(ctx.b_dtype)
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
             w_q = (w_codes / inv).to(ctx.dtype)
-            grad_h = (g2 @ w_q).to(ctx.h_dtype)
-            x2 = x.reshape(-1, x.shape[-1]).float()
-            xn = x2 * rstd
+            dh = (g2 @ w_q).to(ctx.h_dtype).float()
+            xf = x.reshape(-1, x.shape[-1]).float()
+            # With xn = x * rstd: dg = sum_t dh * xn and dx = rstd * (g dh - xn * mean(g dh * xn)). Both
+            # sums go through p = dh * x: dg = rstd^T p, sum_k g dh xn = rstd * (p g), so that
+            # dx = rstd * g * dh - (rstd^3 (p g) / K) * x.
+            p = dh * xf
+            gf = gain.float()
             if ctx.needs_input_grad[1]:
-                grad_gain = (grad_h * xn.to(x.dtype)).sum(0).to(gain.dtype)
+                grad_gain = (rstd.t() @ p).reshape(gain.shape).to(gain.dtype)
             if ctx.needs_input_grad[0]:
-                dxn = (grad_h * gain).to(x.dtype).float()
-                dx = rstd * (dxn - xn * (dxn * xn).mean(-1, keepdim=True))
+                coef = (p @ gf).unsqueeze(-1).mul_(rstd.pow(3)).div_(-xf.shape[-1])
+                dx = torch.mul(dh, gf, out=p).mul_(rstd).addcmul_(xf, coef)
                 grad_x = dx.to(x.dtype).reshape(x.shape)
         return grad_x, grad_gain, None, grad_w, grad_b, None, None
 

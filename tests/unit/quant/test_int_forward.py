@@ -64,16 +64,6 @@ def test_gradients_equal_fake_quant(dtype):
     torch.testing.assert_close(a.bias.grad, b.bias.grad, **tol)
 
 
-def test_code_matmul_fallback_is_exact(monkeypatch):
-    torch.manual_seed(1)
-    a = torch.randint(-128, 128, (9, 1000), dtype=torch.int8)
-    b = torch.randint(-1, 2, (13, 1000), dtype=torch.int8)
-    exact = (a.long() @ b.long().t()).float()
-    assert torch.equal(int_forward.code_matmul(a, b), exact)
-    monkeypatch.setattr(int_forward, "int_mm_takes", lambda *args: False)
-    assert torch.equal(int_forward.code_matmul(a, b), exact)
-
-
 def test_cuda_shape_rule():
     cuda = torch.device("cuda")
     assert int_forward.int_mm_takes(32, 64, 32, cuda)
