@@ -35,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.distributed.tensor import DTensor
 
+from bitnet_train.quant.code_matmul import cpu_kernel
 from bitnet_train.quant.functional import quantize_activation, quantize_activation_scheme, quantize_weight
 from bitnet_train.quant.hadamard import hadamard_transform
 from bitnet_train.quant.int_forward import TernaryWeightCache, int_bitlinear, norm_int_bitlinear, ternary_weight_codes
@@ -78,6 +79,8 @@ class BitLinear(nn.Linear):
         if int_matmul not in INT_MATMUL_MODES:
             raise ValueError(f"int_matmul={int_matmul!r}; choose one of {INT_MATMUL_MODES}")
         self.int_matmul = int_matmul
+        if int_matmul == "auto":
+            cpu_kernel()  # times the CPU kernels once per process now, not inside a torch.compile trace
         self.weight_cache_enabled = True
         """False under FSDP2 (parallel/fsdp2.py): gathered codes are not kept between forwards."""
         self.weight_gathered_quantized = False

@@ -17,9 +17,9 @@ x_codes [M, K] (int8, |c| <= 127) times w_codes [N, K]^T (int8 in {-1, 0, 1}) is
           K < 132,000, so it is exact too.
 
 On CUDA: int_mm where its shape rule allows, else float. On CPU the first product of the process times
-each available kernel on one [256, 512] x [512, 512] product (best of 3 after a warm-up) and keeps the
-fastest; `set_cpu_kernel` fixes the choice instead (tests, benchmarks). Under torch.compile the FBGEMM
-product is one opaque custom op; the weight codes are then computed inside the graph on every forward,
+each available kernel on one [512, 1024] x [1024, 1024] product (best of 5 after a warm-up; a kernel
+whose warm-up takes 10x the best so far is not timed further) and keeps the fastest; `set_cpu_kernel`
+fixes the choice instead (tests, benchmarks). Under torch.compile the FBGEMM product is one opaque custom op; the weight codes are then computed inside the graph on every forward,
 so they are also packed on every forward (still faster than an fp32 GEMM: measured 122 ms to pack and
 615 ms to multiply against 1103 ms for [2048, 6912] x [6912, 2560] on an AVX2-only CPU).
 """
@@ -36,7 +36,7 @@ CODE_MATMUL_MAX_K = 132_000
 
 CPU_KERNELS = ("int_mm", "fbgemm", "float")
 _CPU_KERNEL: list[str | None] = [None]
-_CALIBRATION_SHAPE = (256, 512, 512)
+_CALIBRATION_SHAPE = (512, 1024, 1024)
 
 
 def int_mm_takes(m: int, k: int, n: int, device: torch.device) -> bool:
@@ -113,13 +113,17 @@ def _calibrate() -> str:
     w = torch.randint(-1, 2, (n, k), generator=g, dtype=torch.int8)
     xf = x.float()
     best, best_t = "float", float("inf")
-    for kernel in available_cpu_kernels():
+    for kernel in sorted(available_cpu_kernels(), key=lambda k: k != "float"):  # float first: the yardstick
         try:
+            t0 = time.perf_counter()
             _run(kernel, x, xf, w)
+            first = time.perf_counter() - t0
         except Exception:  # noqa: BLE001 - a kernel this build cannot run is simply not chosen
             continue
+        if first > 10 * best_t:  # far behind already (int_mm without int8 instructions): not worth timing
+            continue
         t = float("inf")
-        for _ in range(3):
+        for _ in range(5):
             t0 = time.perf_counter()
             _run(kernel, x, xf, w)
             t = min(t, time.perf_counter() - t0)

@@ -81,3 +81,20 @@ def test_fp32_kernels_refuse_an_inexact_inner_size(restore_kernel):
     with pytest.raises(ValueError, match="too large"):
         cm.code_matmul(torch.zeros(1, cm.CODE_MATMUL_MAX_K, dtype=torch.int8),
                        torch.zeros(1, cm.CODE_MATMUL_MAX_K, dtype=torch.int8))
+
+
+def test_bench_tool_prints_every_kernel_and_equal_integers(capsys, restore_kernel):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[3] / "tools" / "bench_code_matmul.py"
+    if not path.is_file():
+        pytest.skip("tools/ exists only in a checkout")
+    spec = importlib.util.spec_from_file_location("tool_bench_code_matmul", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main(["--shapes", "32x64x16,17x40x8", "--repeats", "1", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| 32 x") or line.startswith("| 17 x")]
+    assert len(rows) == 2 and all(row.rstrip().endswith("| yes |") for row in rows)
+    assert all(f"{k} ms" in out for k in cm.available_cpu_kernels())
