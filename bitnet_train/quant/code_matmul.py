@@ -19,8 +19,9 @@ x_codes [M, K] (int8, |c| <= 127) times w_codes [N, K]^T (int8 in {-1, 0, 1}) is
 On CUDA: int_mm where its shape rule allows, else float. On CPU the first product of the process times
 each available kernel on one [512, 1024] x [1024, 1024] product (best of 5 after a warm-up; a kernel
 whose warm-up takes 10x the best so far is not timed further) and keeps the fastest; `set_cpu_kernel`
-fixes the choice instead (tests, benchmarks). Under torch.compile the FBGEMM product is one opaque custom op; the weight codes are then computed inside the graph on every forward,
-so they are also packed on every forward (still faster than an fp32 GEMM: measured 122 ms to pack and
+fixes the choice instead (tests, benchmarks). Under torch.compile the FBGEMM product is one opaque
+custom op; the weight codes are then computed inside the graph on every forward, so they are also
+packed on every forward (still faster than an fp32 GEMM: measured 122 ms to pack and
 615 ms to multiply against 1103 ms for [2048, 6912] x [6912, 2560] on an AVX2-only CPU).
 """
 
