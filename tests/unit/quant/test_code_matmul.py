@@ -71,6 +71,38 @@ def test_calibration_keeps_the_fastest_kernel(monkeypatch, restore_kernel):
     assert cm.cpu_kernel() == "float"
 
 
+def test_calibration_ignores_a_slow_first_call_and_drops_a_far_behind_kernel(monkeypatch, restore_kernel):
+    calls = {"int_mm": 0, "fbgemm": 0, "float": 0}
+    clock = [0.0]
+    real_run = cm._run
+
+    def fake_run(kernel, *args):
+        calls[kernel] += 1
+        if kernel == "int_mm":  # one-time code generation on the first call, then the fastest
+            clock[0] += 1.0 if calls[kernel] == 1 else 0.001
+        else:
+            clock[0] += {"fbgemm": 0.002, "float": 0.01}[kernel]
+        return real_run("float", *args)
+
+    monkeypatch.setattr(cm, "_run", fake_run)
+    monkeypatch.setattr(cm.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(cm, "available_cpu_kernels", lambda: list(cm.CPU_KERNELS))
+    cm.set_cpu_kernel(None)
+    assert cm.cpu_kernel() == "int_mm"
+
+    def slow_int_mm_run(kernel, *args):  # int_mm without int8 dot-product instructions
+        calls[kernel] += 1
+        clock[0] += 0.5 if kernel == "int_mm" else 0.01
+        return real_run("float", *args)
+
+    calls.update(int_mm=0, fbgemm=0, float=0)
+    monkeypatch.setattr(cm, "_run", slow_int_mm_run)
+    cm.set_cpu_kernel(None)
+    assert cm.cpu_kernel() in ("fbgemm", "float")
+    assert calls["int_mm"] == 2  # warm-up and one timed product, 50x the float product: not timed further
+    assert calls["float"] == 2 + cm._CALIBRATION_ROUNDS
+
+
 def test_unknown_kernel_is_refused(restore_kernel):
     with pytest.raises(ValueError, match="not available"):
         cm.set_cpu_kernel("cublas")
