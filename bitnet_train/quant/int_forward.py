@@ -180,14 +180,14 @@ class _NormIntBitLinear(torch.autograd.Function):
             dh = (g2 @ w_q).to(ctx.h_dtype).float()
             xf = x.reshape(-1, x.shape[-1]).float()
             # With xn = x * rstd: dg = sum_t dh * xn and dx = rstd * (g dh - xn * mean(g dh * xn)). Both
-            # sums go through p = dh * x: dg = rstd^T p, sum_k g dh xn = rstd * (p g), so that
-            # dx = rstd * g * dh - (rstd^3 (p g) / K) * x.
-            p = dh * xf
+            # sums go through p = dh * xn: dg = sum_t p (torch's sum over tokens; a gemv rstd^T (dh x)
+            # summed 4x less accurately), sum_k g dh xn = p g, so that dx = rstd * g * dh - (rstd^2 (p g) / K) * x.
+            p = torch.mul(dh, xf).mul_(rstd)
             gf = gain.float()
             if ctx.needs_input_grad[1]:
-                grad_gain = (rstd.t() @ p).reshape(gain.shape).to(gain.dtype)
+                grad_gain = p.sum(0).reshape(gain.shape).to(gain.dtype)
             if ctx.needs_input_grad[0]:
-                coef = (p @ gf).unsqueeze(-1).mul_(rstd.pow(3)).div_(-xf.shape[-1])
+                coef = (p @ gf).unsqueeze(-1).mul_(rstd.square()).div_(-xf.shape[-1])
                 dx = torch.mul(dh, gf, out=p).mul_(rstd).addcmul_(xf, coef)
                 grad_x = dx.to(x.dtype).reshape(x.shape)
         return grad_x, grad_gain, None, grad_w, grad_b, None, None
