@@ -1,11 +1,11 @@
-"""Bytes FSDP2 all-gathers per training step, latent fp32 weights against ternary codes (strategy.gather=codes).
+"""Bytes FSDP2 all-gathers per training step: latent fp32 weights, int8 ternary codes, 2-bit packed codes.
 
     python tools/bench_fsdp_gather.py                       # the default tiny model, 2 CPU processes (gloo)
     python tools/bench_fsdp_gather.py --hidden 512 --layers 4 --ffn 1536 --steps 3
 
-Starts itself under torchrun with --procs processes. Both modes train the same BitNet b1.58 model
-(conf/model/tiny.yaml's decoder at the given shape, the default quantization) from the same weights
-on the same batches; every all-gather FSDP2 issues (`dist.all_gather_single`: each decoder layer's
+Starts itself under torchrun with --procs processes. The three modes (strategy.gather=latent, codes,
+packed) train the same BitNet b1.58 model (conf/model/tiny.yaml's decoder at the given shape, the
+default quantization) from the same weights on the same batches; every all-gather FSDP2 issues (`dist.all_gather_single`: each decoder layer's
 parameters in forward and again in backward, the root's embedding and norms) is counted in bytes on
 rank 0. Printed per mode: bytes all-gathered per step, the ratio to the latent gather, the
 losses, and wall time per step (gloo on CPU: not a GPU figure). Results: docs/BENCHMARKS.md.
@@ -50,7 +50,7 @@ def worker(args: argparse.Namespace) -> None:
     g = torch.Generator().manual_seed(rank)
     batches = [torch.randint(0, 4096, (args.batch, args.seq + 1), generator=g) for _ in range(args.steps + 1)]
     rows = []
-    for mode in ("latent", "codes"):
+    for mode in ("latent", "codes", "packed"):
         torch.manual_seed(0)
         model = CausalLM(cfg)
         quantize_model(model, QuantConfig())

@@ -22,15 +22,15 @@ def shard_decoder(model: nn.Module, mesh, reshard_after_forward: bool = True, ga
     """Apply FSDP2 to a CausalLM in place: each decoder layer, then the root. Idempotent.
 
     gather="codes": fully quantized BitLinear weights are all-gathered as int8 ternary codes and one
-    scale instead of fp32 (parallel/ternary_gather.py)."""
+    scale instead of fp32 (parallel/ternary_gather.py); gather="packed": those codes packed 2 bits each."""
     from torch.distributed.fsdp import FSDPModule, fully_shard
 
     if isinstance(model, FSDPModule):
         return model
-    if gather == "codes":
+    if gather in ("codes", "packed"):
         from bitnet_train.parallel.ternary_gather import wrap_for_code_gather
 
-        wrap_for_code_gather(model)
+        wrap_for_code_gather(model, packed=gather == "packed")
     # no per-step weight-code cache under FSDP2: it would keep every layer's gathered codes resident
     for module in model.modules():
         if hasattr(module, "weight_cache_enabled"):
@@ -55,7 +55,8 @@ class FSDP2Strategy(ModelParallelStrategy):
 
         if gather not in GATHER_MODES:
             raise ConfigError(f"strategy.gather={gather!r}; choose one of {', '.join(GATHER_MODES)} (codes: all-gather "
-                              "ternary codes of fully quantized BitLinear weights instead of fp32)")
+                              "int8 ternary codes of fully quantized BitLinear weights instead of fp32; packed: "
+                              "those codes 2 bits each)")
         self.gather = gather
         if kwargs.pop("save_distributed_checkpoint", True) is not True:
             # Lightning's single-file mode writes optimizer states in another layout than DDP files, and

@@ -84,7 +84,7 @@ class BitLinear(nn.Linear):
         self.weight_cache_enabled = True
         """False under FSDP2 (parallel/fsdp2.py): gathered codes are not kept between forwards."""
         self.weight_gathered_quantized = False
-        """True under FSDP2 with strategy.gather=codes (parallel/ternary_gather.py): inside forward the
+        """True under FSDP2 with strategy.gather=codes or packed (parallel/ternary_gather.py): inside forward the
         all-gathered weight already is Q_w(W), so it is multiplied as it is."""
         self.fuse_input_norm = True
         """False runs the input norm as its own module before the integer forward (for comparisons)."""
@@ -103,8 +103,9 @@ class BitLinear(nn.Linear):
     def set_lambda(self, weight: float | None = None, activation: float | None = None) -> None:
         """Set the phase-in strengths (0 = full precision, 1 = fully quantized)."""
         if weight is not None and weight != 1 and self.weight_gathered_quantized:
-            raise RuntimeError("this layer's weight is all-gathered as ternary codes (strategy.gather=codes), which "
-                               "holds only at weight lambda 1; run schedules that lower it with strategy.gather=latent")
+            raise RuntimeError("this layer's weight is all-gathered as ternary codes (strategy.gather=codes or "
+                               "packed), which holds only at weight lambda 1; run schedules that lower it with "
+                               "strategy.gather=latent")
         if weight is not None:
             self.weight_lambda = float(weight)
         if activation is not None:

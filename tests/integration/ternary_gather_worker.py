@@ -2,8 +2,8 @@
 
 A two-BitLinear model (the first 37 x 64: shards of uneven size, rows of one shard 8x larger, so a
 scale taken on a shard could not pass) runs whole in every process (the reference), then under
-FSDP2 with the latent weights gathered (today's path) and with ternary codes gathered
-(parallel/ternary_gather.py): the first forward, its input gradient and weight gradients, the losses
+FSDP2 with the latent weights gathered (today's path), with int8 ternary codes gathered and with
+those codes packed 2 bits each (parallel/ternary_gather.py): the first forward, its input gradient and weight gradients, the losses
 of 3 AdamW steps, the final weights, the weights the forward multiplied, the bytes all-gathered, and
 the state dict's tensor types. Results go to OUT/rank{R}.json.
 """
@@ -79,9 +79,9 @@ def main(out: Path) -> None:
     bitlinear_module.F.linear = recording_linear
     ref = run(build())
     result: dict = {"reference_losses": ref["losses"]}
-    for mode in ("latent", "codes"):
+    for mode in ("latent", "codes", "packed"):
         model = build()
-        wrapped = ternary_gather.wrap_for_code_gather(model) if mode == "codes" else []
+        wrapped = ternary_gather.wrap_for_code_gather(model, packed=mode == "packed") if mode != "latent" else []
         for layer in (model[0], model[2]):
             fully_shard(layer, mesh=mesh)
         fully_shard(model, mesh=mesh)
@@ -90,6 +90,8 @@ def main(out: Path) -> None:
         state = model.state_dict()
         result[mode] = {
             "wrapped": wrapped, "losses": got["losses"], "bytes": dict(ternary_gather.GATHER_BYTES),
+            "losses_hex": [v.hex() for v in got["losses"]],
+            "weights_bits": [w.view(torch.int32).tolist() for w in got["weights"]],
             "y": float((got["y"] - ref["y"]).abs().max()), "x_grad": float((got["x_grad"] - ref["x_grad"]).abs().max()),
             "w_seen": float((got["w_seen"] - ref["w_seen"]).abs().max()),
             "w_seen_ternary": sorted({round(v, 6) for v in (got["w_seen"] / got["w_seen"].abs().max()).unique().tolist()}),

@@ -1,5 +1,6 @@
 """FSDP2 with `strategy.gather=codes` (parallel/ternary_gather.py) computes what the latent-weight gather
-computes, from a quarter of the bytes.
+computes, from a quarter of the bytes; `strategy.gather=packed` computes what `codes` computes, bit for bit,
+from a sixteenth for weights whose rows split evenly over the ranks.
 
 Two CPU processes (torchrun, gloo) run ternary_gather_worker.py: a model whose first weight has shards
 of very different scales, one process whole (the reference) and FSDP2 both ways. The codes path's
@@ -36,11 +37,13 @@ def results(tmp_path_factory) -> list[dict]:
 def test_both_weights_are_wrapped_and_sharded(results):
     for r in results:
         assert r["codes"]["wrapped"] == ["0", "2"]
+        assert r["packed"]["wrapped"] == ["0", "2"]
         assert r["codes"]["local_type"] == "TernaryGatherWeight" and r["latent"]["local_type"] == "Tensor"
-        assert r["codes"]["state_types"] == ["Tensor"]  # checkpoints hold plain tensors
+        assert r["packed"]["local_type"] == "PackedTernaryGatherWeight"
+        assert r["codes"]["state_types"] == r["packed"]["state_types"] == ["Tensor"]  # checkpoints hold plain tensors
 
 
-@pytest.mark.parametrize("mode", ["latent", "codes"])
+@pytest.mark.parametrize("mode", ["latent", "codes", "packed"])
 def test_forward_backward_and_steps_match_one_process(results, mode):
     for r in results:
         m = r[mode]
@@ -60,3 +63,20 @@ def test_codes_gather_a_quarter_of_the_bytes(results):
         # per forward and backward re-gather: 37 rows padded to 38, 64 columns, and 64 x 37, two ranks
         assert b["codes"] > 0 and b["latent"] == 4 * b["codes"]
         assert r["latent"]["bytes"] == {"codes": 0, "latent": 0}
+
+
+def test_packed_codes_compute_what_int8_codes_compute_bit_for_bit(results):
+    for r in results:
+        assert r["packed"]["losses_hex"] == r["codes"]["losses_hex"]
+        assert r["packed"]["weights_bits"] == r["codes"]["weights_bits"]
+
+
+def test_packed_codes_gather_a_sixteenth_of_the_bytes_where_rows_split_evenly(results):
+    for r in results:
+        b = r["packed"]["bytes"]
+        # per gather, two ranks: the 37 x 64 weight splits unevenly (19 + 18 rows, padded to 19): int8 codes,
+        # 2 * 19 * 64 bytes; the 64 x 37 one evenly (32 rows): 2 * 32 * 37 codes, 4 to a byte
+        latent, codes = 4 * 2 * (19 * 64 + 32 * 37), 2 * 19 * 64 + 2 * 32 * 37 // 4
+        gathers = b["latent"] // latent
+        assert gathers > 0 and b["latent"] == gathers * latent and b["codes"] == gathers * codes
+        assert b["latent"] == r["codes"]["bytes"]["latent"]
