@@ -137,10 +137,15 @@ class QuantConfig:
     """auto (default): fully quantized int8-absmax layers multiply int8 x ternary codes with int32
     accumulation (quant/int_forward.py; equal to the fake-quant forward to 1e-5 of max|y| in fp32);
     off: always the fake-quant float matmul, bit-exact with transformers' BitNet."""
+    fused_kernels: str = "auto"
+    """auto (default): in an eager model the integer forward's elementwise work (activation codes, the
+    subln norm, the epilogue, backward's dequantization) runs as kernels torch.compile generates from the
+    same arithmetic (quant/fused_kernels.py; a few seconds to compile once per process); off: as torch ops."""
 
     def __post_init__(self) -> None:
         s = "quant"
         _choice(s, "int_matmul", self.int_matmul, ("auto", "off"))
+        _choice(s, "fused_kernels", self.fused_kernels, ("auto", "off"))
         _choice(s, "weight_scale", self.weight_scale, ("absmean", "absmedian"))
         _choice(s, "activation_bits", self.activation_bits, (8,))
         _choice(s, "norm", self.norm, ("subln", "all_linear", "none"))

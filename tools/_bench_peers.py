@@ -66,12 +66,13 @@ def fp_subln(model: nn.Module) -> str:
     return "FP + RMSNorm before o_proj and down_proj (ablation: norm cost without quantizers)"
 
 
-def b158(model: nn.Module, norm: str = "subln", int_matmul: str = "auto") -> str:
+def b158(model: nn.Module, norm: str = "subln", int_matmul: str = "auto", fused_kernels: str = "auto") -> str:
     from bitnet_train.config import QuantConfig
     from bitnet_train.quant import quantize_model
 
-    n = len(quantize_model(model, QuantConfig(norm=norm, int_matmul=int_matmul)))
-    return f"bitnet_train BitLinear x{n}, QuantConfig(norm={norm!r}, int_matmul={int_matmul!r})"
+    n = len(quantize_model(model, QuantConfig(norm=norm, int_matmul=int_matmul, fused_kernels=fused_kernels)))
+    return (f"bitnet_train BitLinear x{n}, QuantConfig(norm={norm!r}, int_matmul={int_matmul!r}, "
+            f"fused_kernels={fused_kernels!r})")
 
 
 def b158_fakequant(model: nn.Module) -> str:
@@ -90,6 +91,10 @@ def b158_unfused(model: nn.Module) -> str:
 
 def b158_nonorm(model: nn.Module) -> str:
     return b158(model, norm="none")
+
+
+def b158_torchops(model: nn.Module) -> str:
+    return b158(model, fused_kernels="off")
 
 
 # --------------------------------------------------------------------------- peers
@@ -182,6 +187,7 @@ VARIANTS: dict[str, tuple[Callable[[nn.Module], str], bool, str]] = {
     "b158_nonorm": (b158_nonorm, False, "bitnet_train b1.58, norm=none"),
     "b158_fakequant": (b158_fakequant, False, "bitnet_train b1.58, subln, int_matmul=off"),
     "b158_unfused": (b158_unfused, False, "bitnet_train b1.58, subln, norm not fused"),
+    "b158_torchops": (b158_torchops, False, "bitnet_train b1.58, subln, fused_kernels=off"),
     "bitlinear": (bitlinear_default, True, "PyPI bitlinear, defaults"),
     "bitlinear_absmean": (bitlinear_absmean, True, "PyPI bitlinear, AbsMean, no norm"),
     "onebitllms": (onebitllms, True, "PyPI onebitllms"),

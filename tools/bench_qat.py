@@ -10,6 +10,7 @@ tokens, vocab 4096): forward, cross-entropy, backward, AdamW step, zero_grad. Va
   b158_nonorm        quantize_model(model, QuantConfig(norm="none")) (pure quantizer overhead)
   b158_fakequant     b158 with int_matmul="off" (the fake-quant forward)
   b158_unfused       b158 with its input norms outside the integer forward (fuse_input_norm=False)
+  b158_torchops      b158 with fused_kernels="off" (its elementwise work as torch ops, not generated kernels)
   bitlinear*, onebitllms, torchao   peers' quantized linears on the same decoder (--peers)
 
 each eager and under torch.compile (model + loss compiled; the first step, which compiles, is
@@ -65,7 +66,7 @@ SIZES = {
     # BitNet b1.58 2B4T's width (hidden 2560, FFN 6912, 20 heads of 128), two layers
     "w2560": dict(hidden_size=2560, num_hidden_layers=2, num_attention_heads=20, intermediate_size=6912),
 }
-OWN = ["fp", "fp_subln", "b158", "b158_nonorm", "b158_fakequant", "b158_unfused"]
+OWN = ["fp", "fp_subln", "b158", "b158_nonorm", "b158_fakequant", "b158_unfused", "b158_torchops"]
 PEERS = ["bitlinear", "bitlinear_absmean", "onebitllms", "torchao"]
 VOCAB = 4096
 EXACT_RSS_MMAP_THRESHOLD = 64 * 1024

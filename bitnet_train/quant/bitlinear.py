@@ -25,7 +25,10 @@ the ternary weight codes with int32 accumulation, and backward stays straight-th
 dtype; its weight codes are computed once per optimizer step (cached on the weight's version). The
 layer's own input norm, when active and not followed by a Hadamard rotation, runs fused into that
 function (`norm_int_bitlinear`: backward keeps x and its rstd, not the norm's output).
-Anything else (phase-in, other schemes, `int_matmul = "off"`) runs the fake-quant path.
+Anything else (phase-in, other schemes, `int_matmul = "off"`) runs the fake-quant path. In an eager
+model the integer forward's elementwise work (activation codes, the fused norm, the epilogue, the
+backward's dequantization, the weight codes) runs as fused kernels that torch.compile generates from
+the same arithmetic (quant/fused_kernels.py); `fused_kernels = "off"` keeps them torch ops.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import torch.nn.functional as F
 from torch.distributed.tensor import DTensor
 
 from bitnet_train.quant.code_matmul import cpu_kernel
+from bitnet_train.quant.fused_kernels import FUSED_KERNEL_MODES
 from bitnet_train.quant.functional import quantize_activation, quantize_activation_scheme, quantize_weight
 from bitnet_train.quant.hadamard import hadamard_transform
 from bitnet_train.quant.int_forward import TernaryWeightCache, int_bitlinear, norm_int_bitlinear, ternary_weight_codes
@@ -63,6 +67,7 @@ class BitLinear(nn.Linear):
         activation_scheme: str | None = None,
         hadamard_block: int = 0,
         int_matmul: str = "auto",
+        fused_kernels: str = "auto",
         device=None,
         dtype=None,
     ) -> None:
@@ -79,6 +84,11 @@ class BitLinear(nn.Linear):
         if int_matmul not in INT_MATMUL_MODES:
             raise ValueError(f"int_matmul={int_matmul!r}; choose one of {INT_MATMUL_MODES}")
         self.int_matmul = int_matmul
+        if fused_kernels not in FUSED_KERNEL_MODES:
+            raise ValueError(f"fused_kernels={fused_kernels!r}; choose one of {FUSED_KERNEL_MODES}")
+        self.fused_kernels = fused_kernels
+        """auto: the integer forward's elementwise work runs as generated fused kernels in eager mode
+        (quant/fused_kernels.py); off: as torch ops."""
         if int_matmul == "auto":
             cpu_kernel()  # times the CPU kernels once per process now, not inside a torch.compile trace
         self.weight_cache_enabled = True
@@ -162,9 +172,10 @@ class BitLinear(nn.Linear):
             and self.weight.shape == (self.out_features, self.in_features)
 
     def _weight_codes(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        fused = self.fused_kernels == "auto"
         if self.weight_cache_enabled and w is self.weight and not hasattr(w, "ds_id"):
-            return self._weight_cache.get(w, self.weight_scale)
-        return ternary_weight_codes(w, self.weight_scale)
+            return self._weight_cache.get(w, self.weight_scale, fused)
+        return ternary_weight_codes(w, self.weight_scale, fused)
 
     def _fused_norm(self) -> bool:
         """Whether the integer forward takes the input norm in (active norm, no Hadamard rotation)."""
@@ -176,7 +187,7 @@ class BitLinear(nn.Linear):
         if self._fused_norm() and not self.weight_gathered_quantized and self._int_forward_applies():
             w_codes, inv = self._weight_codes(self.weight)
             return norm_int_bitlinear(x, self.input_norm.weight, self.input_norm.eps, self.weight, self.bias,
-                                      w_codes, inv)
+                                      w_codes, inv, self.fused_kernels == "auto")
         x = self._prepare(x)
         if self.weight_gathered_quantized and not isinstance(self.weight, DTensor) \
                 and not getattr(self.weight, "latent_for_code_gather", False):
@@ -185,7 +196,7 @@ class BitLinear(nn.Linear):
             return F.linear(x, self.weight, self.bias)
         if self._int_forward_applies():
             w_codes, inv = self._weight_codes(self.weight)
-            return int_bitlinear(x, self.weight, self.bias, w_codes, inv)
+            return int_bitlinear(x, self.weight, self.bias, w_codes, inv, self.fused_kernels == "auto")
         return F.linear(self._quantize_input(x), self.quantized_weight(), self.bias)
 
     def extra_repr(self) -> str:
@@ -195,5 +206,6 @@ class BitLinear(nn.Linear):
             act += " (stage one: int8_absmax)"
         rot = f", hadamard({self.hadamard_block})" if self.hadamard_block else ""
         rot += ", int_matmul=off" if self.int_matmul == "off" else ""
+        rot += ", fused_kernels=off" if self.int_matmul != "off" and self.fused_kernels == "off" else ""
         return (f"{super().extra_repr()}, weight_scale={self.weight_scale}, {act}{rot}{norm}, "
                 f"lambda(w={self.weight_lambda:g}, a={self.activation_lambda:g})")

@@ -96,6 +96,7 @@ def quantize_model(model: nn.Module, cfg: QuantConfig) -> list[str]:
             weight_lambda=cfg.weight_lambda,
             activation_lambda=cfg.activation_lambda,
             int_matmul=cfg.int_matmul,
+            fused_kernels=cfg.fused_kernels,
             **settings[name],
         )
         if layer.input_norm is not None:

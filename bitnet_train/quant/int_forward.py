@@ -30,6 +30,12 @@ parameter's version counter, which every in-place update bumps, and on a count o
 micro-batches of a gradient accumulation and evaluation passes reuse the codes, and the first
 forward after a step recomputes them.
 
+The elementwise work around the product (the codes, the norm, the epilogue, the dequantization for
+backward) is written in quant/fused_kernels.py, which also runs it as generated fused kernels in an
+eager model (`fused=True`, BitLinear's `fused_kernels = "auto"`). The activation codes are
+round(x * s) without the fake-quant path's clamp to [-128, 127], which never acts: |x * s| <= 127 up
+to two roundings, which round to 127.
+
 Under autocast the matmul's output takes the autocast dtype, as F.linear's does; gradients come
 back in the dtypes of x and the weight.
 """
@@ -39,8 +45,9 @@ from __future__ import annotations
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from bitnet_train.quant.code_matmul import code_matmul, int_mm_takes  # noqa: F401 (int_mm_takes: re-exported)
-from bitnet_train.quant.functional import SCALE_EPS, weight_scale
+from bitnet_train.quant import fused_kernels as fk
+from bitnet_train.quant.code_matmul import code_matmul, cpu_kernel, int_mm_takes  # noqa: F401 (int_mm_takes: re-exported)
+from bitnet_train.quant.functional import weight_scale
 
 _OPTIMIZER_STEPS = [0]
 
@@ -52,64 +59,42 @@ def _count_step(optimizer, args, kwargs) -> None:
 register_optimizer_step_post_hook(_count_step)
 
 @torch.no_grad()
-def ternary_weight_codes(w: torch.Tensor, method: str = "absmean") -> tuple[torch.Tensor, torch.Tensor]:
-    """(int8 codes in {-1, 0, 1}, fp32 scalar inv = 1 / gamma) with the fake-quant path's arithmetic."""
+def ternary_weight_codes(w: torch.Tensor, method: str = "absmean",
+                         fused: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 codes in {-1, 0, 1}, fp32 scalar inv = 1 / gamma) with the fake-quant path's arithmetic
+    (`fused`: the codes as one generated kernel, quant/fused_kernels.py; gamma is torch's mean either way)."""
     inv = 1.0 / weight_scale(w, method)
-    return (w.detach().float() * inv).round_().clamp_(-1, 1).to(torch.int8), inv
+    return fk.run(fk.weight_codes, fused, w.numel(), w.detach(), inv), inv
 
 
-def _round_to_codes(t: torch.Tensor, in_place: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(int8 codes, fp32 per-token s, the codes as fp32) of fp32 [M, K] `t`; `in_place`: t is a fresh
-    tensor nothing else reads, and the fp32 codes overwrite it.
-
-    s = 127 / max|t| (clamped as `activation_scale` clamps it), codes = round(t * s): the fake-quant
-    arithmetic. max|t| is `abs().amax` (on CPU 15x faster than the inf-norm `linalg.vector_norm`,
-    which reads once but does not vectorize: 2.2 ms against 0.16 ms for [2048, 688]), and the
-    clamp to [-128, 127] of the fake-quant path is left out because it never acts: |t * s| <= 127
-    up to two roundings, which round to 127."""
-    amax = t.abs().amax(-1, keepdim=True)
-    s = 127 / amax.clamp_(min=SCALE_EPS)
-    t = (t.mul_(s) if in_place else torch.mul(t, s)).round_()
-    return t.to(torch.int8), s, t
-
-
-@torch.no_grad()
-def int8_activation_codes(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(int8 codes [M, K], fp32 per-token s [M, 1]) of x2 [M, K], with the fake-quant arithmetic."""
-    xf = x2.float()
-    codes, s, _ = _round_to_codes(xf, in_place=xf is not x2)
-    return codes, s
-
-
-def _epilogue(x_codes, s, x_float, w_codes, inv, bias, ref: torch.Tensor):
-    """y [M, N] = (x_codes @ w_codes^T) / (s * inv) + bias, in the autocast dtype or `ref`'s."""
-    acc = code_matmul(x_codes, w_codes, x_float)
+def _output_dtype(ref: torch.Tensor) -> torch.dtype:
+    """The product's dtype: the autocast dtype where autocast is on, else `ref`'s (as F.linear's)."""
     dev = ref.device.type
-    dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else ref.dtype
-    # one pass: an int32 product converts exactly (|acc| < 2^24) and divides as float(acc) / (s * inv)
-    y = torch.div(acc, s * inv) if acc.dtype != torch.float32 else acc.div_(s * inv)
-    y = y.to(dtype)
-    if bias is not None:
-        y = y.add_(bias) if bias.dtype == dtype else y + bias.to(dtype)
-    return y, dtype
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else ref.dtype
 
 
-def _code_product(x2: torch.Tensor, w_codes: torch.Tensor, inv: torch.Tensor, bias: torch.Tensor | None):
-    """The integer forward of x2 [M, K]: (y [M, N] in the autocast or x2's dtype, x2's codes, s, that dtype)."""
-    xf = x2.float()
-    x_codes, s, x_float = _round_to_codes(xf, in_place=xf is not x2)
-    y, dtype = _epilogue(x_codes, s, x_float, w_codes, inv, bias, x2)
-    return y, x_codes, s, dtype
+def _product(x_codes, s, x_float, w_codes, inv, bias, dtype, fused: bool) -> torch.Tensor:
+    """y [M, N] = (x_codes @ w_codes^T) / (s * inv) + bias in `dtype`: the code product (quant/code_matmul.py;
+    `x_float`, the codes as fp32, for its float kernels) and one epilogue pass."""
+    acc = code_matmul(x_codes, w_codes, x_float)
+    return fk.run(fk.epilogue, fused, acc.numel(), acc, s, inv, bias, dtype)
+
+
+def _wants_float_codes(x: torch.Tensor) -> bool:
+    """Whether the code product here multiplies fp32 codes (FBGEMM or the fp32 GEMM, not torch._int_mm)."""
+    return x.device.type == "cpu" and cpu_kernel() != "int_mm"
 
 
 class _IntBitLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, w_codes, inv):  # noqa: D401
+    def forward(ctx, x, weight, bias, w_codes, inv, fused):  # noqa: D401
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
-        y, x_codes, s, dtype = _code_product(x2, w_codes, inv, bias)
+        dtype = _output_dtype(x2)
+        x_codes, s, x_float = fk.run(fk.activation_codes, fused, x2.numel(), x2.float(), _wants_float_codes(x2))
+        y = _product(x_codes, s, x_float, w_codes, inv, bias, dtype, fused)
         ctx.save_for_backward(x_codes, s, w_codes, inv)
-        ctx.shape, ctx.dtype, ctx.has_bias = shape, dtype, bias is not None
+        ctx.shape, ctx.dtype, ctx.has_bias, ctx.fused = shape, dtype, bias is not None, fused
         ctx.x_dtype, ctx.w_dtype = x.dtype, weight.dtype
         ctx.b_dtype = bias.dtype if bias is not None else None
         return y.reshape(*shape[:-1], w_codes.shape[0])
@@ -120,48 +105,39 @@ class _IntBitLinear(torch.autograd.Function):
         g2 = grad.reshape(-1, grad.shape[-1]).to(ctx.dtype)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            w_q = (w_codes / inv).to(ctx.dtype)  # int8 / fp32 computes in fp32: one pass, same values
+            w_q = fk.run(fk.dequantize, ctx.fused, w_codes.numel(), w_codes, inv, ctx.dtype)
             grad_x = (g2 @ w_q).reshape(ctx.shape).to(ctx.x_dtype)
         if ctx.needs_input_grad[1]:
-            x_q = (x_codes / s).to(ctx.dtype)
+            x_q = fk.run(fk.dequantize, ctx.fused, x_codes.numel(), x_codes, s, ctx.dtype)
             grad_w = (g2.t() @ x_q).to(ctx.w_dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g2.sum(0).to(ctx.b_dtype)
-        return grad_x, grad_w, grad_b, None, None
+        return grad_x, grad_w, grad_b, None, None, None
 
 
 def int_bitlinear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                  w_codes: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
+                  w_codes: torch.Tensor, inv: torch.Tensor, fused: bool = False) -> torch.Tensor:
     """BitLinear at both lambdas 1 with the b1.58 int8 absmax activation quantizer, on integer codes.
 
     `w_codes`, `inv` are `ternary_weight_codes(weight)` (cached per optimizer step by the caller);
-    the gradient reaches `weight` (and `x`, `bias`) straight through."""
-    return _IntBitLinear.apply(x, weight, bias, w_codes, inv)
-
-
-def _rms_norm_fp32(x2: torch.Tensor, gain: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(h, rstd) of quant/norm.py's RMSNorm, op for op, with h a fresh tensor (fp32 for fp32 x2 and gain)."""
-    xf = x2.float()
-    sq = xf * xf  # == pow(2); its buffer then takes x * rstd
-    rstd = torch.rsqrt(sq.mean(-1, keepdim=True) + eps)
-    xn = torch.mul(xf, rstd, out=sq)
-    if x2.dtype == torch.float32 and gain.dtype == torch.float32:
-        return xn.mul_(gain), rstd  # gain * xn, in place (the same products)
-    return gain * xn.to(x2.dtype), rstd
+    the gradient reaches `weight` (and `x`, `bias`) straight through. `fused`: the elementwise work
+    runs as generated kernels (quant/fused_kernels.py)."""
+    return _IntBitLinear.apply(x, weight, bias, w_codes, inv, fused)
 
 
 class _NormIntBitLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, gain, eps, weight, bias, w_codes, inv):  # noqa: D401
+    def forward(ctx, x, gain, eps, weight, bias, w_codes, inv, fused):  # noqa: D401
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
-        h, rstd = _rms_norm_fp32(x2, gain, eps)
-        h_dtype = h.dtype
-        # h is not needed again: it is quantized in its own buffer (its fp32 copy where h is not fp32)
-        x_codes, s, x_float = _round_to_codes(h.float(), in_place=True)
-        y, dtype = _epilogue(x_codes, s, x_float, w_codes, inv, bias, h)
+        # h = RMSNorm(x) is quantized where it is made and never kept: its dtype is quant/norm.py's
+        h_dtype = torch.float32 if x.dtype == gain.dtype == torch.float32 else torch.promote_types(gain.dtype, x.dtype)
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else h_dtype
+        x_codes, s, x_float, rstd = fk.run(fk.norm_activation_codes, fused, x2.numel(), x2, gain, eps,
+                                           _wants_float_codes(x2))
+        y = _product(x_codes, s, x_float, w_codes, inv, bias, dtype, fused)
         ctx.save_for_backward(x, rstd, gain, x_codes, s, w_codes, inv)
-        ctx.dtype, ctx.h_dtype, ctx.has_bias = dtype, h_dtype, bias is not None
+        ctx.dtype, ctx.h_dtype, ctx.has_bias, ctx.fused = dtype, h_dtype, bias is not None, fused
         ctx.w_dtype = weight.dtype
         ctx.b_dtype = bias.dtype if bias is not None else None
         return y.reshape(*shape[:-1], w_codes.shape[0])
@@ -172,17 +148,18 @@ class _NormIntBitLinear(torch.autograd.Function):
         g2 = grad.reshape(-1, grad.shape[-1]).to(ctx.dtype)
         grad_x = grad_gain = grad_w = grad_b = None
         if ctx.needs_input_grad[3]:
-            x_q = (x_codes / s).to(ctx.dtype)
+            x_q = fk.run(fk.dequantize, ctx.fused, x_codes.numel(), x_codes, s, ctx.dtype)
             grad_w = (g2.t() @ x_q).to(ctx.w_dtype)
         if ctx.has_bias and ctx.needs_input_grad[4]:
             grad_b = g2.sum(0).to(ctx.b_dtype)
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            w_q = (w_codes / inv).to(ctx.dtype)
+            w_q = fk.run(fk.dequantize, ctx.fused, w_codes.numel(), w_codes, inv, ctx.dtype)
             dh = (g2 @ w_q).to(ctx.h_dtype).float()
             xf = x.reshape(-1, x.shape[-1]).float()
             # With xn = x * rstd: dg = sum_t dh * xn and dx = rstd * (g dh - xn * mean(g dh * xn)). Both
             # sums go through p = dh * xn: dg = sum_t p (torch's sum over tokens; a gemv rstd^T (dh x)
-            # summed 4x less accurately), sum_k g dh xn = p g, so that dx = rstd * g * dh - (rstd^2 (p g) / K) * x.
+            # summed 4x less accurately, and so did a generated kernel's sum), sum_k g dh xn = p g, so that
+            # dx = rstd * g * dh - (rstd^2 (p g) / K) * x. These stay torch ops: fused, they measured no faster.
             p = torch.mul(dh, xf).mul_(rstd)
             gf = gain.float()
             if ctx.needs_input_grad[1]:
@@ -191,14 +168,15 @@ class _NormIntBitLinear(torch.autograd.Function):
                 coef = (p @ gf).unsqueeze(-1).mul_(rstd.square()).div_(-xf.shape[-1])
                 dx = torch.mul(dh, gf, out=p).mul_(rstd).addcmul_(xf, coef)
                 grad_x = dx.to(x.dtype).reshape(x.shape)
-        return grad_x, grad_gain, None, grad_w, grad_b, None, None
+        return grad_x, grad_gain, None, grad_w, grad_b, None, None, None
 
 
 def norm_int_bitlinear(x: torch.Tensor, gain: torch.Tensor, eps: float, weight: torch.Tensor,
-                       bias: torch.Tensor | None, w_codes: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
+                       bias: torch.Tensor | None, w_codes: torch.Tensor, inv: torch.Tensor,
+                       fused: bool = False) -> torch.Tensor:
     """`int_bitlinear(RMSNorm(x))` in one function (the norm's gain `gain`, epsilon `eps`), keeping for
     backward x, the per-token rstd and the integer codes instead of the norm's float output."""
-    return _NormIntBitLinear.apply(x, gain, eps, weight, bias, w_codes, inv)
+    return _NormIntBitLinear.apply(x, gain, eps, weight, bias, w_codes, inv, fused)
 
 
 class TernaryWeightCache:
@@ -208,12 +186,12 @@ class TernaryWeightCache:
         self._key = None
         self._value = None
 
-    def get(self, w: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def get(self, w: torch.Tensor, method: str, fused: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         if torch.compiler.is_compiling():
             return ternary_weight_codes(w, method)
         key = (w._version, _OPTIMIZER_STEPS[0], w.data_ptr(), w.dtype, w.device, tuple(w.shape), method)
         if key != self._key:
-            self._value = ternary_weight_codes(w, method)
+            self._value = ternary_weight_codes(w, method, fused)
             self._key = key
         return self._value
 

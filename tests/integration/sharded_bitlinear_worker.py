@@ -33,10 +33,10 @@ def recording_quantize_weight(w, method="absmean", lam=1.0):
 _codes = int_forward_module.ternary_weight_codes
 
 
-def recording_weight_codes(w, method="absmean"):
+def recording_weight_codes(w, method="absmean", fused=False):
     """The integer forward's weight quantizer (quant.int_matmul=auto), recorded the same way."""
     SEEN.append({"shape": list(w.shape), "gamma": float(weight_scale(w, method))})
-    return _codes(w, method)
+    return _codes(w, method, fused)
 
 
 def reference_layer() -> tuple[nn.Sequential, torch.Tensor]:
