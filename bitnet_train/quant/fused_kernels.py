@@ -12,8 +12,8 @@ Around its integer matmul, a BitLinear layer does elementwise and per-token work
 Each is written below once, in plain torch ops; that text is the arithmetic. Run op by op (eager
 ATen), the activation codes take about ten full passes over [tokens, K] fp32 tensors (abs, amax,
 mul, round, the int8 cast, and for the norm the square, mean, two products) and an int8 / fp32
-division promotes through a slow path: on 2 CPU threads, for 2048 x 688 the norm and codes take
-4.7 ms and 0.7 ms fused, for 2048 x 6912 55 ms and 5.5 ms (tools/bench_fused_kernels.py).
+division promotes through a slow path: on 2 CPU threads the norm and its codes take 2.0 ms as torch ops
+and 0.7 ms fused for 2048 x 688, 33 ms and 11 ms for 2048 x 6912 (tools/bench_fused_kernels.py).
 Inductor compiles the same function into one loop nest that reads a row and writes its codes.
 
 When each form runs (`run(kernel, fused, *args)`):
