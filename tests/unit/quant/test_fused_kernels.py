@@ -1,5 +1,6 @@
 """The generated fused kernels (quant/fused_kernels.py) against the torch ops they are generated from."""
 
+import os
 import warnings
 
 import pytest
@@ -13,6 +14,9 @@ from bitnet_train.quant.bitlinear import BitLinear
 @pytest.fixture
 def fresh_kernels(monkeypatch):
     """Every input size goes to the kernels; compiled kernels and failures are forgotten afterwards."""
+    # with dynamo switched off torch.compile returns the function itself, and these tests would compare
+    # the torch ops with themselves
+    assert os.environ.get("TORCHDYNAMO_DISABLE") != "1" and not torch._dynamo.config.disable
     monkeypatch.setattr(fk, "MIN_ELEMENTS", dict.fromkeys(fk.MIN_ELEMENTS, 0))
     fk.reset()
     yield
@@ -123,6 +127,7 @@ def test_bf16_autocast_output_with_kernels(fresh_kernels):
 def test_small_inputs_and_compiled_models_use_torch_ops(monkeypatch):
     """Under MIN_ELEMENTS elements nothing is compiled; inside a torch.compile trace the plain ops
     are traced (the model's own compilation fuses them), so no kernel of this module is made."""
+    assert os.environ.get("TORCHDYNAMO_DISABLE") != "1" and not torch._dynamo.config.disable
     fk.reset()
     layer = BitLinear(32, 16, input_norm=True)
     layer(torch.randn(4, 32)).sum().backward()
