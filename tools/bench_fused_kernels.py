@@ -22,13 +22,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-def _best(fn, rounds: int) -> float:
-    best = float("inf")
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+def _seconds(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
                 fk.run(fn, True, 1 << 62, *fargs)
             tp = tf = float("inf")
             for _ in range(args.rounds):
-                tp = min(tp, _best(lambda: fn(*fargs), 1))
-                tf = min(tf, _best(lambda: fk.run(fn, True, 1 << 62, *fargs), 1))
+                tp = min(tp, _seconds(lambda: fn(*fargs)))
+                tf = min(tf, _seconds(lambda: fk.run(fn, True, 1 << 62, *fargs)))
             if name.startswith("norm"):
                 differ = int((plain_out[0] != fused_out[0]).sum())
                 same = "yes" if differ == 0 else f"{differ} of {plain_out[0].numel()} codes by 1 (rstd's sum order)"

@@ -20,17 +20,17 @@ When each form runs (`run(kernel, fused, *args)`):
   - inside a torch.compile trace, always the plain ops: the model's own compilation fuses them
     with their neighbours;
   - `fused=False` (BitLinear's `fused_kernels = "off"`, config quant.fused_kernels=off), or inputs
-    under MIN_ELEMENTS elements: the plain ops. Compiling a kernel costs seconds once per process
-    (4 s here with Inductor's on-disk cache warm, 20 s cold), which small tensors never earn back;
-    their ops take microseconds;
+    under MIN_ELEMENTS elements: the plain ops. Compiling the kernels costs seconds once per process
+    (tools/bench_qat.py's first eager step of the tiny model: b158 5.3-5.9 s against 1.5-1.6 s with
+    fused_kernels off, Inductor's on-disk cache warm), which small tensors never earn back; their ops take microseconds;
   - otherwise the compiled kernel (dynamic shapes: one compilation per kernel, dtype and rank).
     If compiling fails (for example no C++ compiler on a CPU machine), a warning says so once and
     the plain ops run from then on.
 
 Numerics. The kernels compute the same operations in the same dtypes; only the order of the fp32
 sum in mean(x^2) may differ (Inductor's reduction order against ATen's), which moves rstd by an ulp
-and, for an h that lands within that ulp of a rounding boundary, its code by one (about 1 code in
-10^5 at 2048 x 6912). The codes of an activation without a norm, the epilogue, the dequantized
+and, for an h that lands within that ulp of a rounding boundary, its code by one (3 of 14.2 million
+codes at 2048 x 6912 in tools/bench_fused_kernels.py). The codes of an activation without a norm, the epilogue, the dequantized
 tensors and the weight codes are bit-identical to the plain ops (max is exact; the rest is
 elementwise). tests/unit/quant/test_fused_kernels.py checks both statements.
 """
@@ -46,9 +46,10 @@ from bitnet_train.quant.functional import SCALE_EPS
 
 MIN_ELEMENTS = {"activation_codes": 1 << 16, "norm_activation_codes": 1 << 16, "weight_codes": 1 << 16,
                 "epilogue": 1 << 20, "dequantize": 1 << 20}
-"""Inputs with fewer elements run the plain ops. A compiled call costs about 0.1 ms more than a torch op
-to enter (its guards), so the one-op epilogue and dequantization gain only from about 10^6 elements
-(2048 tokens x 512), the many-op quantizers from far smaller inputs (tools/bench_fused_kernels.py)."""
+"""Inputs with fewer elements run the plain ops. Entering a compiled call (its guards) costs more than a
+torch op, so the one-op epilogue and dequantization lose at 2048 x 256 (1.08x and 1.22x the torch ops'
+time) and gain from about 10^6 elements (2048 tokens x 512), the many-op quantizers already at
+2048 x 256 (tools/bench_fused_kernels.py)."""
 
 FUSED_KERNEL_MODES = ("auto", "off")
 
@@ -77,7 +78,7 @@ def norm_activation_codes(x: torch.Tensor, gain: torch.Tensor, eps: float, want_
 def epilogue(acc: torch.Tensor, s: torch.Tensor, inv: torch.Tensor, bias: torch.Tensor | None,
              dtype: torch.dtype) -> torch.Tensor:
     """(acc / (s * inv)) in `dtype`, plus the bias (cast to `dtype`): acc is the int32 or fp32 code product
-    [M, N], s [M, 1] per token, inv = 1 / gamma a scalar or [N] per column; acc converts exactly
+    [M, N], s [M, 1] per token, inv = 1 / gamma; acc converts exactly
     (|acc| < 2^24) and divides once in fp32."""
     y = (acc.float() / (s * inv)).to(dtype)
     return y if bias is None else y + bias.to(dtype)
@@ -96,7 +97,7 @@ def weight_codes(w: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
 # ---- when to run which -----------------------------------------------------------------------------
 
 class _Compiled:
-    """One function's compiled kernel, made on first use; None once compiling it has failed."""
+    """One function's compiled kernel, made on first use; `failed` once compiling it has failed."""
 
     def __init__(self, fn: Callable) -> None:
         self.fn = fn

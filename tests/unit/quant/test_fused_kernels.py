@@ -115,6 +115,22 @@ def test_bitlinear_with_kernels_equals_torch_ops(fresh_kernels, norm, bias):
     assert a.fused_kernels == "auto" and fk._KERNELS  # the kernels ran
 
 
+def test_bitlinear_with_kernels_matches_the_float64_formula(fresh_kernels):
+    """At a training shape (2048 tokens), against an independent formula rather than the torch ops:
+    y = round(127 x / max|x|) @ clamp(round(W / mean|W|))^T * max|x| / 127 * mean|W| + b, in float64."""
+    torch.manual_seed(2)
+    layer = BitLinear(256, 688, bias=True)
+    x = torch.randn(8, 256, 256)
+    y = layer(x)
+    assert fk._KERNELS[fk.activation_codes].kernel is not None and fk._KERNELS[fk.epilogue].kernel is not None
+    xd, wd = x.double(), layer.weight.double()
+    amax = xd.abs().amax(-1, keepdim=True)
+    gamma = wd.abs().mean()
+    ref = ((xd * (127 / amax)).round() @ (wd / gamma).round().clamp(-1, 1).t()) * (amax / 127) * gamma \
+        + layer.bias.double()
+    torch.testing.assert_close(y.double(), ref, rtol=2.5e-7, atol=1e-6)
+
+
 def test_bf16_autocast_output_with_kernels(fresh_kernels):
     a, b = _layers(True, True)
     x = torch.randn(3, 40, 160)
