@@ -75,18 +75,24 @@ def norm_activation_codes(x: torch.Tensor, gain: torch.Tensor, eps: float, want_
     return codes, s, codes_f, rstd
 
 
+def _to_fp32_divided(t: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """t / d in fp32, for an integer (or fp32) t: the fp32 copy of an integer t is divided in place, which as
+    torch ops saves allocating (and faulting in) a second result of t's size; the numbers are the same."""
+    return t / d if t.dtype == torch.float32 else t.float().div_(d)
+
+
 def epilogue(acc: torch.Tensor, s: torch.Tensor, inv: torch.Tensor, bias: torch.Tensor | None,
              dtype: torch.dtype) -> torch.Tensor:
     """(acc / (s * inv)) in `dtype`, plus the bias (cast to `dtype`): acc is the int32 or fp32 code product
     [M, N], s [M, 1] per token, inv = 1 / gamma; acc converts exactly
     (|acc| < 2^24) and divides once in fp32."""
-    y = (acc.float() / (s * inv)).to(dtype)
+    y = _to_fp32_divided(acc, s * inv).to(dtype)
     return y if bias is None else y + bias.to(dtype)
 
 
 def dequantize(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(codes / scale) computed in fp32, in `dtype`: x_q with a per-token s [M, 1], W_q with inv (a scalar)."""
-    return (codes.float() / scale).to(dtype)
+    return _to_fp32_divided(codes, scale).to(dtype)
 
 
 def weight_codes(w: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
