@@ -30,6 +30,9 @@ parameter's version counter, which every in-place update bumps, and on a count o
 micro-batches of a gradient accumulation and evaluation passes reuse the codes, and the first
 forward after a step recomputes them.
 
+Layers that read the same activation (q/k/v, gate/up) share its codes in forward and its x_q in
+backward (quant/shared_codes.py).
+
 The elementwise work around the product (the codes, the norm, the epilogue, the dequantization for
 backward) is written in quant/fused_kernels.py, which also runs it as generated fused kernels in an
 eager model (`fused=True`, BitLinear's `fused_kernels = "auto"`). The activation codes are
@@ -46,6 +49,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from bitnet_train.quant import fused_kernels as fk
+from bitnet_train.quant import shared_codes
 from bitnet_train.quant.code_matmul import code_matmul, cpu_kernel, int_mm_takes  # noqa: F401 (int_mm_takes: re-exported)
 from bitnet_train.quant.functional import weight_scale
 
@@ -91,7 +95,7 @@ class _IntBitLinear(torch.autograd.Function):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         dtype = _output_dtype(x2)
-        x_codes, s, x_float = fk.run(fk.activation_codes, fused, x2.numel(), x2.float(), _wants_float_codes(x2))
+        (x_codes, s, x_float), ctx.readers = shared_codes.activation_codes(x, x2, _wants_float_codes(x2), fused)
         y = _product(x_codes, s, x_float, w_codes, inv, bias, dtype, fused)
         ctx.save_for_backward(x_codes, s, w_codes, inv)
         ctx.shape, ctx.dtype, ctx.has_bias, ctx.fused = shape, dtype, bias is not None, fused
@@ -107,8 +111,8 @@ class _IntBitLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             w_q = fk.run(fk.dequantize, ctx.fused, w_codes.numel(), w_codes, inv, ctx.dtype)
             grad_x = (g2 @ w_q).reshape(ctx.shape).to(ctx.x_dtype)
-        if ctx.needs_input_grad[1]:
-            x_q = fk.run(fk.dequantize, ctx.fused, x_codes.numel(), x_codes, s, ctx.dtype)
+        x_q = shared_codes.dequantized(ctx.readers, x_codes, s, ctx.dtype, ctx.fused, ctx.needs_input_grad[1])
+        if x_q is not None:
             grad_w = (g2.t() @ x_q).to(ctx.w_dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g2.sum(0).to(ctx.b_dtype)
