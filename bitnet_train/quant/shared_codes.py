@@ -12,6 +12,9 @@ Nothing changes numerically: the readers get the tensors they would have compute
 (tests/unit/quant/test_shared_codes.py). Under torch.compile nothing is shared here: the model's
 graph computes the codes once per reader and Inductor's common-subexpression elimination merges them.
 
+Inference tensors (torch.inference_mode) have no version counter, so an in-place change could not be
+told: each reader computes its own codes there, as it does inside a torch.compile trace.
+
 Lifetime: the last input's entry is held through a weak reference to the input, so it goes when
 that tensor goes, and is replaced by the next input; backward's x_q lives from the first reader's
 backward to the last's.
@@ -69,6 +72,8 @@ def activation_codes(x: torch.Tensor, x2: torch.Tensor, want_float: bool,
     same `x` got."""
     if torch.compiler.is_compiling():  # no Readers: a traced function may not mutate an outside object
         return fk.activation_codes(x2.float(), want_float), None
+    if x.is_inference():  # no version counter to tell an in-place change: computed for each reader
+        return fk.run(fk.activation_codes, fused, x2.numel(), x2.float(), want_float), None
     key = (x._version, x.shape, x2.shape, want_float)
     entry = _LAST[0]
     if entry is None or entry.ref() is not x or entry.key != key:

@@ -158,3 +158,18 @@ def test_compiled_fullgraph_no_sharing_state():
     assert shared_codes._LAST[0] is None
     for a, b in zip(eager, [layer.weight.grad for layer in layers] + [x.grad]):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+
+
+def test_inference_tensors_are_quantized_by_each_reader(counted):
+    """An inference tensor has no version counter (an in-place change could not be seen): no sharing."""
+    layers = _layers()
+    with torch.inference_mode():
+        x = torch.randn(M, K)
+        outs = [layer(x) for layer in layers]
+        x.mul_(2)  # in place, invisible to a version check
+        again = layers[0](x)
+        assert counted["codes"] == 4 and shared_codes._LAST[0] is None
+        with torch.no_grad():
+            x_normal = x.clone()  # the same values in another tensor
+            assert torch.equal(again, layers[0](x_normal))
+            assert torch.equal(outs[1], layers[1](x_normal / 2))
