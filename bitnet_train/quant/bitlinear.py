@@ -98,6 +98,9 @@ class BitLinear(nn.Linear):
         all-gathered weight already is Q_w(W), so it is multiplied as it is."""
         self.fuse_input_norm = True
         """False runs the input norm as its own module before the integer forward (for comparisons)."""
+        self.share_input_codes = True
+        """False: the integer forward quantizes this layer's input itself even where the layer before it read the
+        same tensor (quant/shared_codes.py; for comparisons)."""
         self._weight_cache = TernaryWeightCache()
 
     @classmethod
@@ -196,7 +199,8 @@ class BitLinear(nn.Linear):
             return F.linear(x, self.weight, self.bias)
         if self._int_forward_applies():
             w_codes, inv = self._weight_codes(self.weight)
-            return int_bitlinear(x, self.weight, self.bias, w_codes, inv, self.fused_kernels == "auto")
+            return int_bitlinear(x, self.weight, self.bias, w_codes, inv, self.fused_kernels == "auto",
+                                 self.share_input_codes)
         return F.linear(self._quantize_input(x), self.quantized_weight(), self.bias)
 
     def extra_repr(self) -> str:

@@ -91,11 +91,12 @@ def _wants_float_codes(x: torch.Tensor) -> bool:
 
 class _IntBitLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, w_codes, inv, fused):  # noqa: D401
+    def forward(ctx, x, weight, bias, w_codes, inv, fused, share):  # noqa: D401
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         dtype = _output_dtype(x2)
-        (x_codes, s, x_float), ctx.readers = shared_codes.activation_codes(x, x2, _wants_float_codes(x2), fused)
+        (x_codes, s, x_float), ctx.readers = shared_codes.activation_codes(x, x2, _wants_float_codes(x2), fused,
+                                                                           share)
         y = _product(x_codes, s, x_float, w_codes, inv, bias, dtype, fused)
         ctx.save_for_backward(x_codes, s, w_codes, inv)
         ctx.shape, ctx.dtype, ctx.has_bias, ctx.fused = shape, dtype, bias is not None, fused
@@ -116,17 +117,19 @@ class _IntBitLinear(torch.autograd.Function):
             grad_w = (g2.t() @ x_q).to(ctx.w_dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g2.sum(0).to(ctx.b_dtype)
-        return grad_x, grad_w, grad_b, None, None, None
+        return grad_x, grad_w, grad_b, None, None, None, None
 
 
 def int_bitlinear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                  w_codes: torch.Tensor, inv: torch.Tensor, fused: bool = False) -> torch.Tensor:
+                  w_codes: torch.Tensor, inv: torch.Tensor, fused: bool = False,
+                  share: bool = True) -> torch.Tensor:
     """BitLinear at both lambdas 1 with the b1.58 int8 absmax activation quantizer, on integer codes.
 
     `w_codes`, `inv` are `ternary_weight_codes(weight)` (cached per optimizer step by the caller);
     the gradient reaches `weight` (and `x`, `bias`) straight through. `fused`: the elementwise work
-    runs as generated kernels (quant/fused_kernels.py)."""
-    return _IntBitLinear.apply(x, weight, bias, w_codes, inv, fused)
+    runs as generated kernels (quant/fused_kernels.py). `share`: the activation codes are shared with the
+    other layers that read the same `x` (quant/shared_codes.py)."""
+    return _IntBitLinear.apply(x, weight, bias, w_codes, inv, fused, share)
 
 
 class _NormIntBitLinear(torch.autograd.Function):

@@ -65,14 +65,14 @@ def _forget(ref: weakref.ref) -> None:
         _LAST[0] = None
 
 
-def activation_codes(x: torch.Tensor, x2: torch.Tensor, want_float: bool,
-                     fused: bool) -> tuple[tuple, Readers | None]:
+def activation_codes(x: torch.Tensor, x2: torch.Tensor, want_float: bool, fused: bool,
+                     share: bool = True) -> tuple[tuple, Readers | None]:
     """((int8 codes, s, fp32 codes or None) of `x2` = x viewed as [tokens, K], the Readers they belong to,
-    None inside a torch.compile trace): fk.activation_codes of x2, or the ones the previous reader of the
-    same `x` got."""
+    or None where nothing is shared): fk.activation_codes of x2, or the ones the previous reader of the
+    same `x` got. `share=False` computes them for this reader alone (comparisons)."""
     if torch.compiler.is_compiling():  # no Readers: a traced function may not mutate an outside object
         return fk.activation_codes(x2.float(), want_float), None
-    if x.is_inference():  # no version counter to tell an in-place change: computed for each reader
+    if not share or x.is_inference():  # inference tensors: no version counter to tell an in-place change
         return fk.run(fk.activation_codes, fused, x2.numel(), x2.float(), want_float), None
     key = (x._version, x.shape, x2.shape, want_float)
     entry = _LAST[0]

@@ -173,3 +173,32 @@ def test_inference_tensors_are_quantized_by_each_reader(counted):
             x_normal = x.clone()  # the same values in another tensor
             assert torch.equal(again, layers[0](x_normal))
             assert torch.equal(outs[1], layers[1](x_normal / 2))
+
+
+def test_layer_setting_turns_sharing_off(counted):
+    layers = _layers()
+    x = torch.randn(M, K, requires_grad=True)
+    shared = [layer(x) for layer in layers]
+    assert counted["codes"] == 1
+    for layer in layers:
+        layer.share_input_codes = False
+    alone = [layer(x) for layer in layers]
+    assert counted["codes"] == 4
+    sum(o.sum() for o in alone).backward()
+    assert counted["x_q"] == 3
+    for a, b in zip(shared, alone):
+        assert torch.equal(a, b)
+
+
+def test_bench_tool_whole_model_same_losses():
+    """tools/bench_shared_codes.py: training steps of the tiny b158 model with sharing on and off give the same
+    losses, step for step."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[3] / "tools" / "bench_shared_codes.py"
+    spec = importlib.util.spec_from_file_location("bench_shared_codes", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    result = tool.measure("tiny", steps=2, warmup=1, threads=torch.get_num_threads())
+    assert result["same_loss"] and result["on_ms"] > 0 and result["off_ms"] > 0
