@@ -303,27 +303,36 @@ def _wait_quiet(args) -> float:
 
 
 def run_group(size: str, mode: str, variants: list[str], args, log_dir: Path) -> list[dict]:
-    """Set up one worker per variant (one at a time), then time them round-robin."""
+    """Set up --replicas workers per variant (one at a time), then time them round-robin; a variant's
+    replicas pool their steps (its first replica's setup figures and its last measured memory are kept)."""
     results, live = [], []
     for variant in variants:
         spec = {"size": size, "variant": variant, "compile": mode == "compiled", "device": args.device,
                 "threads": args.threads, "warmup": args.warmup, "exact_rss": args.exact_rss,
                 "code_kernel": args.code_kernel}
-        _log(f"[setup] {size} {mode} {variant} ...")
-        w = Worker(spec, log_dir)
-        msg = w.recv()
         res = {"size": size, "mode": mode, "variant": variant, "label": _bench_peers.VARIANTS[variant][2],
-               "peer": _bench_peers.VARIANTS[variant][1]}
-        if msg["event"] != "ready":
-            res["unavailable"] = msg["reason"]
-            _log(f"[setup] {size} {mode} {variant}: unavailable: {msg['reason']}")
-            w.close()
-        else:
-            res.update({k: msg[k] for k in ("describe", "params", "first_step_s", "warmup_s", "base_memory",
-                                             "loss_after_warmup", "graph_breaks", "peak_reset")})
-            res["rounds"], res["memory"] = [], None
+               "peer": _bench_peers.VARIANTS[variant][1], "replicas": 0}
+        for replica in range(args.replicas):
+            tag = f"{size} {mode} {variant}" + (f" #{replica + 1}" if args.replicas > 1 else "")
+            _log(f"[setup] {tag} ...")
+            w = Worker(spec, log_dir)
+            msg = w.recv()
+            if msg["event"] != "ready":
+                res["unavailable"] = msg["reason"]
+                _log(f"[setup] {tag}: unavailable: {msg['reason']}")
+                w.close()
+                break
+            if not res["replicas"]:
+                res.update({k: msg[k] for k in ("describe", "params", "first_step_s", "warmup_s", "base_memory",
+                                                 "loss_after_warmup", "graph_breaks", "peak_reset")})
+                res["rounds"], res["memory"] = [], None
+            res["replicas"] += 1
             live.append((w, res))
-            _log(f"[setup] {size} {mode} {variant}: first step {msg['first_step_s']:.1f} s")
+            _log(f"[setup] {tag}: first step {msg['first_step_s']:.1f} s")
+        if "unavailable" in res:  # a variant is measured with all its replicas or not at all
+            for w, _ in [entry for entry in live if entry[1] is res]:
+                w.close()
+            live = [entry for entry in live if entry[1] is not res]
         results.append(res)
     for r in range(args.rounds):
         order = live[r % len(live):] + live[:r % len(live)] if live else []
@@ -360,10 +369,11 @@ def run_group(size: str, mode: str, variants: list[str], args, log_dir: Path) ->
             res.setdefault("round_clean", []).append(foreign <= args.max_foreign_load)
             res["final_loss"], res["memory"] = msg["loss"], msg["memory"]
         done = [f"{res['variant']}={statistics.median(res['rounds'][-1]) * 1e3:.0f}ms"
-                for _, res in live if res.get("rounds")]
+                for res in {id(res): res for _, res in live}.values() if res.get("rounds")]
         _log(f"[round {r + 1}/{args.rounds}] {size} {mode}: " + " ".join(done))
-    for w, res in live:
+    for w, _ in live:
         w.close()
+    for res in {id(res): res for _, res in live}.values():
         rounds = res.get("rounds", [])
         clean = [rnd for rnd, ok in zip(rounds, res.get("round_clean", [])) if ok]
         res["rounds_used"] = "clean" if clean else "all (every round was contended)"
@@ -560,6 +570,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=2, help="measured steps per variant per round (default 2)")
     p.add_argument("--warmup", type=int, default=3, help="unmeasured steps first, compile included (default 3)")
     p.add_argument("--rounds", type=int, default=10, help="round-robin rounds (default 10)")
+    p.add_argument("--replicas", type=int, default=1,
+                   help="worker processes per variant, timed in turn and pooled (default 1): step times of the "
+                        "same code differ by several percent between processes, which more replicas average")
     p.add_argument("--sizes", default="tiny,d512", help=f"comma list of {', '.join(SIZES)} (default tiny,d512)")
     p.add_argument("--variants", default=None,
                    help=f"comma list of own variants to run (default all: {', '.join(OWN)}); fp is always included")
@@ -630,6 +643,8 @@ def main(argv: list[str] | None = None) -> int:
     modes = [m for m, off in (("eager", args.no_eager), ("compiled", args.no_compile)) if not off]
     if not modes:
         p.error("--no-compile and --no-eager leave nothing to measure")
+    if args.replicas < 1:
+        p.error("--replicas must be at least 1")
 
     args.patience_deadline = time.time() + args.patience
     info = machine_info(args)
@@ -647,7 +662,9 @@ def main(argv: list[str] | None = None) -> int:
              "step times slowed by page faults)" if args.exact_rss and args.device == "cpu" else "")
     print(f"\nQAT step throughput: batch {BATCH} x seq {SEQ} = {BATCH * SEQ} tokens/step, vocab {VOCAB}, "
           f"{args.threads} threads, {args.device}, torch {info['torch']}; "
-          f"{args.rounds} rounds x {args.steps} steps, medians of {args.metric} time{exact}")
+          f"{args.rounds} rounds x {args.steps} steps"
+          + (f" x {args.replicas} worker processes per variant" if args.replicas > 1 else "")
+          + f", medians of {args.metric} time{exact}")
     print(f"CPU: {info['cpu']} ({info['cpu_capability']}; int8 dot-product flags: "
           f"{', '.join(info['cpu_int8_flags']) or 'none'}); integer forward's code product on CPU: "
           f"{info['cpu_code_kernel']}{' (fixed by --code-kernel)' if args.code_kernel else ' (measured fastest)'}\n")
