@@ -334,6 +334,7 @@ def run_group(size: str, mode: str, variants: list[str], args, log_dir: Path) ->
                 w.close()
             live = [entry for entry in live if entry[1] is not res]
         results.append(res)
+    measured = [res for res in results if "unavailable" not in res]
     for r in range(args.rounds):
         order = live[r % len(live):] + live[:r % len(live)] if live else []
         for w, res in order:
@@ -369,11 +370,11 @@ def run_group(size: str, mode: str, variants: list[str], args, log_dir: Path) ->
             res.setdefault("round_clean", []).append(foreign <= args.max_foreign_load)
             res["final_loss"], res["memory"] = msg["loss"], msg["memory"]
         done = [f"{res['variant']}={statistics.median(res['rounds'][-1]) * 1e3:.0f}ms"
-                for res in {id(res): res for _, res in live}.values() if res.get("rounds")]
+                for res in measured if res.get("rounds")]
         _log(f"[round {r + 1}/{args.rounds}] {size} {mode}: " + " ".join(done))
     for w, _ in live:
         w.close()
-    for res in {id(res): res for _, res in live}.values():
+    for res in measured:
         rounds = res.get("rounds", [])
         clean = [rnd for rnd, ok in zip(rounds, res.get("round_clean", [])) if ok]
         res["rounds_used"] = "clean" if clean else "all (every round was contended)"

@@ -3,7 +3,7 @@
 In a decoder, q_proj, k_proj and v_proj read one activation (the attention's input norm), and so do
 gate_proj and up_proj. Their b1.58 quantizer is the same per-token int8 absmax, so the codes, the
 scales s (and, where the CPU code product multiplies fp32 codes, those) are the same for all readers:
-`activation_codes(x, x2, fused)` computes them for the first reader and hands the same tensors to the
+`activation_codes` computes them for the first reader and hands the same tensors to the
 readers that follow while `x` is the same, unmodified tensor (its identity and version counter).
 Backward mirrors it: the straight-through x_q = codes / s that each reader's weight gradient
 multiplies is rebuilt once (`Readers.dequantized`) and dropped after the last reader has used it.
@@ -70,11 +70,11 @@ def activation_codes(x: torch.Tensor, x2: torch.Tensor, want_float: bool, fused:
     """((int8 codes, s, fp32 codes or None) of `x2` = x viewed as [tokens, K], the Readers they belong to,
     or None where nothing is shared): fk.activation_codes of x2, or the ones the previous reader of the
     same `x` got. `share=False` computes them for this reader alone (comparisons)."""
-    if torch.compiler.is_compiling():  # no Readers: a traced function may not mutate an outside object
-        return fk.activation_codes(x2.float(), want_float), None
-    if not share or x.is_inference():  # inference tensors: no version counter to tell an in-place change
+    # no Readers inside a trace (a traced function may not mutate an outside object), nor for inference
+    # tensors (no version counter to tell an in-place change)
+    if not share or torch.compiler.is_compiling() or x.is_inference():
         return fk.run(fk.activation_codes, fused, x2.numel(), x2.float(), want_float), None
-    key = (x._version, x.shape, x2.shape, want_float)
+    key = (x._version, x.shape, want_float)
     entry = _LAST[0]
     if entry is None or entry.ref() is not x or entry.key != key:
         codes = fk.run(fk.activation_codes, fused, x2.numel(), x2.float(), want_float)
