@@ -21,6 +21,7 @@ import bitnet_train.quant.int_forward as int_forward_module
 from bitnet_train.parallel.gather import gathered
 from bitnet_train.quant.bitlinear import BitLinear
 from bitnet_train.quant.functional import quantize_weight, weight_scale
+from worker_exit import end_worker
 
 SEEN: list[dict] = []
 
@@ -111,7 +112,7 @@ def main(out: Path) -> None:
                        "gathered_equal": gathered_equal, "max_abs_diff": float((y - y_ref).abs().max())}
 
     (out / f"rank{rank}.json").write_text(json.dumps(result))
-    dist.destroy_process_group()
+    end_worker()  # see worker_exit.py: exits before a gloo thread can abort the interpreter's teardown
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from torch.distributed.fsdp import fully_shard
 import bitnet_train.quant.bitlinear as bitlinear_module
 from bitnet_train.parallel import ternary_gather
 from bitnet_train.quant.bitlinear import BitLinear
+from worker_exit import end_worker
 
 SEEN: list[torch.Tensor] = []
 _linear = bitlinear_module.F.linear
@@ -101,7 +102,7 @@ def main(out: Path) -> None:
             "local_type": type(model[0].weight.to_local()).__name__,
         }
     (out / f"rank{dist.get_rank()}.json").write_text(json.dumps(result))
-    dist.destroy_process_group()
+    end_worker()  # see worker_exit.py: exits before a gloo thread can abort the interpreter's teardown
 
 
 if __name__ == "__main__":
