@@ -38,6 +38,7 @@ memory-only run: its step times are slowed by page faults). On CUDA: torch.cuda.
   .venv/bin/python tools/bench_qat.py                      # full run (tiny and d512, peers)
   .venv/bin/python tools/bench_qat.py --sizes tiny --no-compile --no-peers --steps 3 --rounds 2
   .venv/bin/python tools/bench_qat.py --profile b158       # where the time goes, eager, tiny
+  .venv/bin/python tools/bench_qat.py --profile b158 --profile-against torchao --sizes d512 --no-eager
 """
 
 from __future__ import annotations
@@ -474,7 +475,9 @@ def fmt_table(results: list[dict], device: str, metric: str = "wall") -> str:
 # =========================================================================== profile
 
 def profile(args) -> None:
-    """Per-op self CPU time of eager steps: fp vs the given variant (first size), plus forward scopes."""
+    """Per-op self CPU time of training steps: the baseline (--profile-against, default fp) vs the given
+    variant, first size; eager, or compiled with --no-eager (then the generated code shows as one entry per
+    compiled graph, and the forward scopes are not labelled)."""
     import torch
     from torch.profiler import ProfilerActivity, profile as tprofile, record_function
 
@@ -483,6 +486,9 @@ def profile(args) -> None:
 
     size = args.sizes[0]
     steps = max(args.steps, 3)
+    compiled = args.no_eager
+    mode = "compiled" if compiled else "eager"
+    baseline = args.profile_against
     # Label the quantizers' and the extra norms' forward work (monkeypatched in this process only).
     fw, fa = qf._fake_quant_weight, qf._fake_quant_activation
 
@@ -494,12 +500,13 @@ def profile(args) -> None:
         with record_function("## quant_activation (fwd)"):
             return fa(*a, **k)
 
-    qf._fake_quant_weight, qf._fake_quant_activation = wq, aq
-    variants = list(dict.fromkeys(["fp", args.profile]))
+    if not compiled:
+        qf._fake_quant_weight, qf._fake_quant_activation = wq, aq
+    variants = list(dict.fromkeys([baseline, args.profile]))
     runners = {}
     for variant in variants:
-        runner = Runner(size, variant, False, args.device, args.threads)
-        for name, m in runner.model.named_modules():
+        runner = Runner(size, variant, compiled, args.device, args.threads)
+        for name, m in runner.model.named_modules() if not compiled else ():
             norm = getattr(m, "input_norm", None)
             if isinstance(norm, RMSNorm) or (isinstance(m, torch.nn.Sequential) and isinstance(m[0], RMSNorm)):
                 target = norm if norm is not None else m[0]
@@ -534,25 +541,29 @@ def profile(args) -> None:
             ka = prof.key_averages()
             tables[v] = ka
             for e in ka:
-                key = "scopes" if e.key.startswith("## ") else "ops"
+                name, key = e.key, "scopes" if e.key.startswith("## ") else "ops"
+                if name.startswith("## Call CompiledFxGraph"):  # the generated code's own time, graphs pooled
+                    name, key = "compiled graphs' generated code", "ops"
                 val = e.cpu_time_total if key == "scopes" else e.self_cpu_time_total
-                out[v][key][e.key] = out[v][key].get(e.key, 0.0) + val / 1e3
+                out[v][key][name] = out[v][key].get(name, 0.0) + val / 1e3
     for v in variants:
         n = max(len(out[v]["times"]), 1)
         for key in ("ops", "scopes"):
             out[v][key] = {k: t / n for k, t in out[v][key].items()}
         out[v]["step_ms"] = statistics.median(out[v]["times"]) * 1e3 if out[v]["times"] else float("nan")
-        print(f"\n=== {size} {v} eager: {out[v]['step_ms']:.0f} ms/step under the profiler, median of "
+        print(f"\n=== {size} {v} {mode}: {out[v]['step_ms']:.0f} ms/step under the profiler, median of "
               f"{len(out[v]['times'])} clean steps ({out[v]['dropped']} contended steps dropped); last step:")
         if v in tables:
             print(tables[v].table(sort_by="self_cpu_time_total", row_limit=args.profile_rows))
-    base, var = out["fp"], out[args.profile]
-    print(f"\n=== self CPU ms per step, {args.profile} minus fp (eager, {size}); top differences")
+    base, var = out[baseline], out[args.profile]
+    print(f"\n=== self CPU ms per step, {args.profile} minus {baseline} ({mode}, {size}); top differences")
     keys = set(base["ops"]) | set(var["ops"])
     diff = sorted(((var["ops"].get(k, 0) - base["ops"].get(k, 0), k) for k in keys if not k.startswith("## ")),
                   reverse=True)
-    print(f"{'op':60s} {'fp':>8s} {args.profile:>10s} {'diff':>8s}")
-    for d, k in diff[:args.profile_rows]:
+    print(f"{'op':60s} {baseline:>8s} {args.profile:>10s} {'diff':>8s}")
+    half = max(args.profile_rows // 2, 1)
+    shown = diff[:half] + [row for row in diff[-half:] if row not in diff[:half] and row[0] < 0]
+    for d, k in shown:  # the largest increases, then the largest decreases
         print(f"{k[:60]:60s} {base['ops'].get(k, 0):8.2f} {var['ops'].get(k, 0):10.2f} {d:+8.2f}")
     total = sum(var["ops"].values()) - sum(base["ops"].values())
     print(f"{'total self CPU':60s} {sum(base['ops'].values()):8.2f} {sum(var['ops'].values()):10.2f} {total:+8.2f}")
@@ -609,7 +620,9 @@ def main(argv: list[str] | None = None) -> int:
                         "(bitnet_train/quant/code_matmul.py; default: each process measures and keeps the fastest)")
     p.add_argument("--json", default=None, metavar="OUT", help="write the raw numbers here")
     p.add_argument("--profile", default=None, metavar="VARIANT",
-                   help="instead of the benchmark: torch.profiler of eager steps of fp and VARIANT on the first size")
+                   help="instead of the benchmark: torch.profiler of steps of fp (or --profile-against) and VARIANT "
+                        "on the first size; eager, or compiled with --no-eager")
+    p.add_argument("--profile-against", default="fp", metavar="VARIANT", help="the baseline of --profile (default fp)")
     p.add_argument("--profile-rows", type=int, default=25)
     p.add_argument("--table-from", default=None, metavar="JSON",
                    help="print the table of an earlier --json file and exit")
@@ -634,6 +647,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile is not None:
         if args.profile not in _bench_peers.VARIANTS:
             p.error(f"unknown variant {args.profile!r}; choose from {', '.join(_bench_peers.VARIANTS)}")
+        if args.profile_against not in _bench_peers.VARIANTS:
+            p.error(f"unknown variant {args.profile_against!r} for --profile-against; choose from "
+                    f"{', '.join(_bench_peers.VARIANTS)}")
         profile(args)
         return 0
     own = OWN if args.variants is None else ["fp"] + [v for v in args.variants.split(",") if v and v != "fp"]
