@@ -562,7 +562,7 @@ def profile(args) -> None:
                   reverse=True)
     print(f"{'op':60s} {baseline:>8s} {args.profile:>10s} {'diff':>8s}")
     half = max(args.profile_rows // 2, 1)
-    shown = diff[:half] + [row for row in diff[-half:] if row not in diff[:half] and row[0] < 0]
+    shown = diff if len(diff) <= 2 * half else diff[:half] + [row for row in diff[-half:] if row[0] < 0]
     for d, k in shown:  # the largest increases, then the largest decreases
         print(f"{k[:60]:60s} {base['ops'].get(k, 0):8.2f} {var['ops'].get(k, 0):10.2f} {d:+8.2f}")
     total = sum(var["ops"].values()) - sum(base["ops"].values())
