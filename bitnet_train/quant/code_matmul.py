@@ -14,7 +14,9 @@ x_codes [M, K] (int8, |c| <= 127) times w_codes [N, K]^T (int8 in {-1, 0, 1}) is
           torch has marked its quantized tensors deprecated; where a build drops them, this kernel is
           simply not available and the choice is between the other two.
   float   an fp32 GEMM of the codes as floats: every partial sum is an integer below 2^24 for
-          K < 132,000, so it is exact too.
+          K < 132,000, so it is exact too. It runs with autocast off: a bf16 product would round sums
+          above 256. (CUDA's TF32 is exact here: codes need 7 bits of its 10-bit mantissa, and it
+          accumulates in fp32.)
 
 On CUDA: int_mm where its shape rule allows, else float. On CPU the first product of the process times
 each available kernel on one [512, 1024] x [1024, 1024] product (best of 9, interleaved, after a
@@ -102,7 +104,8 @@ def _run(kernel: str, x_codes: torch.Tensor, x_float: torch.Tensor | None, w_cod
     xf = x_float if x_float is not None else x_codes.float()
     if kernel == "fbgemm":
         return _fbgemm_code_matmul(xf, w_codes)
-    return xf @ w_codes.float().t()
+    with torch.autocast(xf.device.type, enabled=False):  # autocast would multiply in bf16/fp16: inexact
+        return xf @ w_codes.float().t()
 
 
 def available_cpu_kernels() -> list[str]:

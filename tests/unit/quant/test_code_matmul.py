@@ -34,6 +34,8 @@ def test_every_cpu_kernel_is_exact(kernel, shape, restore_kernel):
     assert got.dtype in (torch.int32, torch.float32)
     assert torch.equal(got.long(), exact)
     assert torch.equal(cm.code_matmul(a, b, a.float()).long(), exact)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a bf16 product would round sums above 256
+        assert torch.equal(cm.code_matmul(a, b).long(), exact)
 
 
 def test_fbgemm_weight_is_packed_once_per_codes_tensor(monkeypatch, restore_kernel):
