@@ -24,7 +24,9 @@ lambdas 1 whose activation quantizer is the b1.58 int8 absmax multiplies int8 ac
 the ternary weight codes with int32 accumulation, and backward stays straight-through in the float
 dtype; its weight codes are computed once per optimizer step (cached on the weight's version). The
 layer's own input norm, when active and not followed by a Hadamard rotation, runs fused into that
-function (`norm_int_bitlinear`: backward keeps x and its rstd, not the norm's output).
+function (`norm_int_bitlinear`: backward keeps x and its rstd, not the norm's output). Under FSDP2 the
+forward sees the whole gathered weight: the latent one, quantized as in one process, or with
+strategy.gather=codes / packed Q_w(W) itself, whose codes and scale are read back from it.
 Anything else (phase-in, other schemes, `int_matmul = "off"`) runs the fake-quant path. In an eager
 model the integer forward's elementwise work (activation codes, the fused norm, the epilogue, the
 backward's dequantization, the weight codes) runs as fused kernels that torch.compile generates from
@@ -42,7 +44,13 @@ from bitnet_train.quant.code_matmul import cpu_kernel
 from bitnet_train.quant.fused_kernels import FUSED_KERNEL_MODES
 from bitnet_train.quant.functional import quantize_activation, quantize_activation_scheme, quantize_weight
 from bitnet_train.quant.hadamard import hadamard_transform
-from bitnet_train.quant.int_forward import TernaryWeightCache, int_bitlinear, norm_int_bitlinear, ternary_weight_codes
+from bitnet_train.quant.int_forward import (
+    TernaryWeightCache,
+    gathered_weight_codes,
+    int_bitlinear,
+    norm_int_bitlinear,
+    ternary_weight_codes,
+)
 from bitnet_train.quant.norm import RMSNorm
 
 
@@ -95,7 +103,8 @@ class BitLinear(nn.Linear):
         """False under FSDP2 (parallel/fsdp2.py): gathered codes are not kept between forwards."""
         self.weight_gathered_quantized = False
         """True under FSDP2 with strategy.gather=codes or packed (parallel/ternary_gather.py): inside forward the
-        all-gathered weight already is Q_w(W), so it is multiplied as it is."""
+        all-gathered weight already is Q_w(W): the integer forward reads its codes back, the fake-quant one
+        multiplies it as it is."""
         self.fuse_input_norm = True
         """False runs the input norm as its own module before the integer forward (for comparisons)."""
         self.share_input_codes = True
@@ -186,21 +195,26 @@ class BitLinear(nn.Linear):
             and not self.hadamard_block \
             and not isinstance(self.input_norm.weight, DTensor)
 
+    def _gathered_quantized(self) -> bool:
+        """Whether the weight is FSDP2's all-gathered Q_w(W) (strategy.gather=codes / packed, inside forward)."""
+        return self.weight_gathered_quantized and not isinstance(self.weight, DTensor) \
+            and not getattr(self.weight, "latent_for_code_gather", False)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._fused_norm() and not self.weight_gathered_quantized and self._int_forward_applies():
-            w_codes, inv = self._weight_codes(self.weight)
-            return norm_int_bitlinear(x, self.input_norm.weight, self.input_norm.eps, self.weight, self.bias,
-                                      w_codes, inv, self.fused_kernels == "auto")
+        gathered = self._gathered_quantized()
+        if self._int_forward_applies():
+            w_codes, inv = gathered_weight_codes(self.weight) if gathered else self._weight_codes(self.weight)
+            fused = self.fused_kernels == "auto"
+            if self._fused_norm():
+                return norm_int_bitlinear(x, self.input_norm.weight, self.input_norm.eps, self.weight, self.bias,
+                                          w_codes, inv, fused)
+            return int_bitlinear(self._prepare(x), self.weight, self.bias, w_codes, inv, fused,
+                                 self.share_input_codes)
         x = self._prepare(x)
-        if self.weight_gathered_quantized and not isinstance(self.weight, DTensor) \
-                and not getattr(self.weight, "latent_for_code_gather", False):
+        if gathered:
             return F.linear(self._quantize_input(x), self.weight, self.bias)
         if self.weight_lambda == 0 and self.activation_lambda == 0:
             return F.linear(x, self.weight, self.bias)
-        if self._int_forward_applies():
-            w_codes, inv = self._weight_codes(self.weight)
-            return int_bitlinear(x, self.weight, self.bias, w_codes, inv, self.fused_kernels == "auto",
-                                 self.share_input_codes)
         return F.linear(self._quantize_input(x), self.quantized_weight(), self.bias)
 
     def extra_repr(self) -> str:

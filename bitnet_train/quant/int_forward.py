@@ -24,6 +24,10 @@ RMSNorm's gradient (with xn = x * rstd and dxn = g * dh, both in fp32:
 dx = rstd * (dxn - xn * mean(dxn * xn)), dg = sum over tokens of dh * xn), rebuilding xn
 from x and rstd.
 
+Under FSDP2 with the ternary-code gather (strategy.gather=codes / packed) the weight a layer sees in
+forward already is Q_w(W); `gathered_weight_codes` reads its codes (the signs) and scale (max|W_q|)
+back, so that gather runs the same integer forward.
+
 `TernaryWeightCache` quantizes a latent weight once per optimizer step: it is keyed on the
 parameter's version counter, which every in-place update bumps, and on a count of optimizer steps
 (a global step hook of torch.optim, for updates that write through `.data`, as DeepSpeed's do), so
@@ -51,7 +55,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from bitnet_train.quant import fused_kernels as fk
 from bitnet_train.quant import shared_codes
 from bitnet_train.quant.code_matmul import code_matmul, cpu_kernel, int_mm_takes  # noqa: F401 (int_mm_takes: re-exported)
-from bitnet_train.quant.functional import weight_scale
+from bitnet_train.quant.functional import SCALE_EPS, weight_scale
 
 _OPTIMIZER_STEPS = [0]
 
@@ -69,6 +73,18 @@ def ternary_weight_codes(w: torch.Tensor, method: str = "absmean",
     (`fused`: the codes as one generated kernel, quant/fused_kernels.py; gamma is torch's mean either way)."""
     inv = 1.0 / weight_scale(w, method)
     return fk.run(fk.weight_codes, fused, w.numel(), w.detach(), inv), inv
+
+
+@torch.no_grad()
+def gathered_weight_codes(w_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 codes, fp32 inv) of a weight that already is Q_w(W) = codes / inv: the all-gathered weight of
+    FSDP2's ternary-code gather (parallel/ternary_gather.py), in the parameter dtype.
+
+    Its nonzero entries are all +-gamma as stored, so codes = sign(W_q) exactly and gamma = max|W_q| is
+    the value the fake-quant forward multiplies by; inv = 1 / gamma in fp32 (an all-zero weight keeps
+    the quantizer's floor on gamma)."""
+    gamma = w_q.abs().amax().float().clamp(min=SCALE_EPS)
+    return torch.sign(w_q).to(torch.int8), 1.0 / gamma
 
 
 def _output_dtype(ref: torch.Tensor) -> torch.dtype:

@@ -5,7 +5,9 @@ from a sixteenth for weights whose rows split evenly over the ranks.
 Two CPU processes (torchrun, gloo) run ternary_gather_worker.py: a model whose first weight has shards
 of very different scales, one process whole (the reference) and FSDP2 both ways. The codes path's
 scale is a sum of the shards' sums (another order than one process's mean: up to 1 ulp apart), so it
-is equal to fp32 rounding, not bit for bit. The whole-run check (losses, resume, consolidated
+is equal to fp32 rounding, not bit for bit. The integer forward (int_matmul auto) runs under every gather
+and matches its one-process run (the code gathers read codes and scale back from the gathered Q_w(W)).
+The whole-run check (losses, resume, consolidated
 weights) is tests/integration/test_distributed.py's `fsdp2_codes` case.
 """
 
@@ -80,3 +82,18 @@ def test_packed_codes_gather_a_sixteenth_of_the_bytes_where_rows_split_evenly(re
         gathers = b["latent"] // latent
         assert gathers > 0 and b["latent"] == gathers * latent and b["codes"] == gathers * codes
         assert b["latent"] == r["codes"]["bytes"]["latent"]
+
+
+@pytest.mark.parametrize("mode", ["latent", "codes", "packed"])
+def test_integer_forward_runs_under_every_gather_and_matches_one_process(results, mode):
+    for r in results:
+        m = r[f"int_{mode}"]
+        # 3 steps, each through both layers' integer forward (the first with its norm fused); no F.linear
+        assert m["calls"] == {"int_bitlinear": 3, "norm_int_bitlinear": 3} and m["fake_quant_calls"] == 0, m
+        # against one process's integer forward: the latent gather bit for bit; the code gathers' scale is
+        # read back from the gathered Q_w(W) (1 / max|W_q| against 1 / mean|W|: an ulp or two apart)
+        tol = 0.0 if mode == "latent" else 1e-6
+        assert m["y"] <= tol and m["x_grad"] <= tol and m["w_grad"] <= tol, m
+        for got, ref in zip(m["losses"], r["int_reference"]["losses"]):
+            assert got == pytest.approx(ref, rel=1e-6)
+        assert m["weights"] <= 1e-5, m

@@ -246,3 +246,40 @@ def test_norm_outside_the_fusion_when_inactive_or_rotated():
     assert not layer._fused_norm()
     rotated = BitLinear(64, 32, input_norm=True, hadamard_block=64, int_matmul="auto")
     assert not rotated._fused_norm()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_codes_read_back_from_a_gathered_quantized_weight(dtype):
+    """FSDP2's code gather hands the layer Q_w(W) = codes / inv in the parameter dtype; the codes and scale
+    read back from it are the quantizer's codes and the gamma the fake-quant forward multiplies by."""
+    torch.manual_seed(3)
+    w = torch.randn(40, 48)
+    codes, inv = int_forward.ternary_weight_codes(w)
+    w_q = (codes.float() / inv).to(dtype)
+    got_codes, got_inv = int_forward.gathered_weight_codes(w_q)
+    assert torch.equal(got_codes, codes) and got_codes.dtype == torch.int8
+    assert got_inv.dtype == torch.float32
+    assert torch.equal(got_inv, 1.0 / w_q.abs().max().float())  # of the stored gamma, which F.linear multiplies by
+    assert float(got_inv) == pytest.approx(float(inv), rel=1e-7 if dtype == torch.float32 else 2 ** -8)
+    zero_codes, zero_inv = int_forward.gathered_weight_codes(torch.zeros(4, 8, dtype=dtype))
+    assert not zero_codes.any() and torch.isfinite(zero_inv)
+
+
+def test_layer_with_a_gathered_quantized_weight_runs_the_integer_forward(monkeypatch):
+    """A layer flagged as holding FSDP2's gathered Q_w(W) (outside FSDP2 here) multiplies its codes as
+    integers and gives the fake-quant product of that same weight."""
+    torch.manual_seed(4)
+    a, b = _pair(bias=True)
+    codes, inv = int_forward.ternary_weight_codes(a.weight)
+    with torch.no_grad():
+        for layer in (a, b):
+            layer.weight.copy_(codes.float() / inv)
+            layer.weight_gathered_quantized = True
+    x = torch.randn(5, 48)
+    calls = []
+    real = int_forward._IntBitLinear.apply
+    monkeypatch.setattr(int_forward._IntBitLinear, "apply", lambda *args: calls.append(1) or real(*args))
+    with torch.no_grad():
+        y = a(x)
+        assert calls == [1]
+        torch.testing.assert_close(y, b(x), rtol=0, atol=1e-5 * float(y.abs().max()))
