@@ -1,19 +1,25 @@
 """Bytes FSDP2 all-gathers per training step: latent fp32 weights, int8 ternary codes, 2-bit packed codes.
 
     python tools/bench_fsdp_gather.py                       # the default tiny model, 2 CPU processes (gloo)
-    python tools/bench_fsdp_gather.py --hidden 512 --layers 4 --ffn 1536 --steps 3
+    python tools/bench_fsdp_gather.py --hidden 512 --layers 4 --ffn 1536 --steps 6
+    python tools/bench_fsdp_gather.py --int-matmul auto,off    # the integer and the fake-quant forward
 
 Starts itself under torchrun with --procs processes. The three modes (strategy.gather=latent, codes,
 packed) train the same BitNet b1.58 model (conf/model/tiny.yaml's decoder at the given shape, the
-default quantization) from the same weights on the same batches; every all-gather FSDP2 issues (`dist.all_gather_single`: each decoder layer's
-parameters in forward and again in backward, the root's embedding and norms) is counted in bytes on
-rank 0. Printed per mode: bytes all-gathered per step, the ratio to the latent gather, the
-losses, and wall time per step (gloo on CPU: not a GPU figure). Results: docs/BENCHMARKS.md.
+default quantization; `--int-matmul off` for the fake-quant forward, `auto,off` both) from the same
+weights on the same batches. All the models are built first and trained in rounds of one step each, the order rotated
+every round, so that each mode meets the same moments of the machine. Every all-gather FSDP2 issues
+(`dist.all_gather_single`: each decoder layer's parameters in forward and again in backward, the root's
+embedding and norms) is counted in bytes on rank 0. Printed per mode: bytes all-gathered per step, the
+ratio to the latent gather, the losses, the median wall time per step and the median (p25-p75) of its
+ratio to the first row's step of the same round (gloo on CPU: not a GPU figure). Results:
+docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import os
 import subprocess
 import sys
@@ -21,6 +27,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+MODES = ("latent", "codes", "packed")
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -49,15 +56,24 @@ def worker(args: argparse.Namespace) -> None:
                       num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.heads)
     g = torch.Generator().manual_seed(rank)
     batches = [torch.randint(0, 4096, (args.batch, args.seq + 1), generator=g) for _ in range(args.steps + 1)]
-    rows = []
-    for mode in ("latent", "codes", "packed"):
+    forwards = args.int_matmul.split(",")
+    variants = [(mode, fwd) for fwd in forwards for mode in MODES]
+    names = {v: v[0] if len(forwards) == 1 else f"{v[0]}, int_matmul={v[1]}" for v in variants}
+    models = {}
+    for mode, fwd in variants:  # all built first, then stepped in turns: the same moments of the machine for each
         torch.manual_seed(0)
         model = CausalLM(cfg)
-        quantize_model(model, QuantConfig())
+        quantize_model(model, QuantConfig(int_matmul=fwd))
         shard_decoder(model, mesh, gather=mode)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        per_step, seconds, losses = [], 0.0, []
-        for i, batch in enumerate(batches):
+        models[mode, fwd] = (model, torch.optim.AdamW(model.parameters(), lr=1e-3))
+    gathered = {v: [] for v in variants}
+    seconds = {v: [] for v in variants}
+    losses = {v: [] for v in variants}
+    for i, batch in enumerate(batches):
+        shift = i % len(variants)
+        for v in variants[shift:] + variants[:shift]:  # the order rotates every round
+            model, opt = models[v]
+            dist.barrier()
             counted["bytes"] = 0
             started = time.perf_counter()
             logits = model(batch[:, :-1])
@@ -65,20 +81,24 @@ def worker(args: argparse.Namespace) -> None:
             loss_t.backward()
             opt.step()
             opt.zero_grad()
-            if i:  # the first step is warmup
-                seconds += time.perf_counter() - started
-                per_step.append(counted["bytes"])
-            losses.append(loss_t.item())
-        rows.append((mode, sum(per_step) / len(per_step), losses, seconds / args.steps))
+            if i:  # the first round is warmup
+                seconds[v].append(time.perf_counter() - started)
+                gathered[v].append(counted["bytes"])
+            losses[v].append(loss_t.item())
     if rank == 0:
-        base = rows[0][1]
+        first = variants[0]
+        base = sum(gathered[first]) / args.steps
         print(f"model: hidden {args.hidden}, {args.layers} layers, FFN {args.ffn}; {world} processes, batch "
-              f"{args.batch} x {args.seq} per process")
-        print("| gather | all-gathered per step (rank 0) | ratio | losses (rank 0's batches) | s/step (gloo, CPU) |")
-        print("|---|---|---|---|---|")
-        for mode, b, losses, s in rows:
-            print(f"| {mode} | {b / 2**20:.2f} MiB | {b / base:.3f} | {', '.join(f'{v:.6f}' for v in losses)} | "
-                  f"{s:.3f} |")
+              f"{args.batch} x {args.seq} per process; {args.steps} rounds; times against {names[first]}")
+        print("| gather | all-gathered per step (rank 0) | ratio | losses (rank 0's batches) | s/step (gloo, CPU) "
+              f"| x {names[first]} (p25-p75) |")
+        print("|---|---|---|---|---|---|")
+        for v in variants:
+            b = sum(gathered[v]) / args.steps
+            ratio = torch.tensor(seconds[v]) / torch.tensor(seconds[first])
+            q25, q50, q75 = (float(q) for q in ratio.quantile(torch.tensor([0.25, 0.5, 0.75])))
+            print(f"| {names[v]} | {b / 2**20:.2f} MiB | {b / base:.3f} | {', '.join(f'{x:.6f}' for x in losses[v])} | "
+                  f"{statistics.median(seconds[v]):.3f} | {q50:.3f} ({q25:.3f}-{q75:.3f}) |")
     dist.destroy_process_group()
 
 
@@ -90,7 +110,9 @@ def main() -> None:
     p.add_argument("--ffn", type=int, default=768)
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--seq", type=int, default=128)
-    p.add_argument("--steps", type=int, default=3, help="measured steps after one warmup step")
+    p.add_argument("--steps", type=int, default=8, help="measured rounds (one step of each gather) after one warmup round")
+    p.add_argument("--int-matmul", default="auto", choices=("auto", "off", "auto,off", "off,auto"),
+                   help="quant.int_matmul: the integer forward (auto), the fake-quant one (off), or both")
     p.add_argument("--procs", type=int, default=2)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
