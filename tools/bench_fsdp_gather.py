@@ -19,8 +19,8 @@ docs/BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import statistics
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -32,6 +32,7 @@ MODES = ("latent", "codes", "packed")
 
 def worker(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(REPO))
+    sys.path.insert(0, str(REPO / "tools"))
     import torch
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
@@ -40,6 +41,7 @@ def worker(args: argparse.Namespace) -> None:
     from bitnet_train.models.decoder import CausalLM
     from bitnet_train.parallel.fsdp2 import shard_decoder
     from bitnet_train.quant.convert import quantize_model
+    from bench_qat_interleaved import quantiles
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -95,8 +97,7 @@ def worker(args: argparse.Namespace) -> None:
         print("|---|---|---|---|---|---|")
         for v in variants:
             b = sum(gathered[v]) / args.steps
-            ratio = torch.tensor(seconds[v]) / torch.tensor(seconds[first])
-            q25, q50, q75 = (float(q) for q in ratio.quantile(torch.tensor([0.25, 0.5, 0.75])))
+            q25, q50, q75 = quantiles([t / t0 for t, t0 in zip(seconds[v], seconds[first])])
             print(f"| {names[v]} | {b / 2**20:.2f} MiB | {b / base:.3f} | {', '.join(f'{x:.6f}' for x in losses[v])} | "
                   f"{statistics.median(seconds[v]):.3f} | {q50:.3f} ({q25:.3f}-{q75:.3f}) |")
     dist.destroy_process_group()

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_qat  # noqa: E402 (also puts the repository on sys.path)
 
 
-def _quantiles(values: list[float]) -> tuple[float, float, float]:
+def quantiles(values: list[float]) -> tuple[float, float, float]:
     """p25, median, p75 (the median alone for fewer than two values)."""
     if len(values) < 2:
         return values[0], values[0], values[0]
@@ -53,7 +53,7 @@ def measure(size: str, compiled: bool, variants: list[str], rounds: int, warmup:
     rows = []
     for name in names:
         paired = [t / f for t, f in zip(times[name], times["fp"])]
-        p25, med, p75 = _quantiles(paired)
+        p25, med, p75 = quantiles(paired)
         rows.append({"variant": name, "ratio": med, "ratio_p25": p25, "ratio_p75": p75,
                      "ms": statistics.median(times[name]) * 1e3, "loss": losses[name], "describe": describe[name]})
     return {"size": size, "mode": "compiled" if compiled else "eager", "rounds": rounds, "rows": rows,
